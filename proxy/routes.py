@@ -1,0 +1,94 @@
+"""Routes that the proxy answers itself: health, outcomes, snapshot, stats.
+
+Routes parse and answer; the decisions live in services and the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from proxy.errors import BodyTooLarge, TacticianError, Unauthorized
+from proxy.outcomes import SIGNATURE_HEADER, authorize, parse_outcome
+
+if TYPE_CHECKING:
+    from proxy.services import Services
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def error_response(err: TacticianError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def require_admin(request: Request) -> None:
+    token = services(request).config.admin.token
+    if not token:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        raise Unauthorized("missing or invalid admin token")
+
+
+async def limited_body(request: Request) -> bytes:
+    limit = services(request).body_limit
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"request body exceeds the {limit} byte limit")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge(f"request body exceeds the {limit} byte limit")
+    return body
+
+
+async def healthz(request: Request) -> Response:
+    svc = services(request)
+    body: dict[str, Any] = {
+        "status": "ok",
+        "recorder": {**asdict(svc.recorder.stats), "queue_depth": svc.recorder.depth},
+        "guidance": svc.advisor.stats() if svc.advisor else {"enabled": False},
+    }
+    return JSONResponse(body)
+
+
+async def post_outcome(request: Request) -> Response:
+    svc = services(request)
+    body = await limited_body(request)
+    authorize(svc.config.outcomes, request.headers.get("authorization"),
+              request.headers.get(SIGNATURE_HEADER), body)
+    row = parse_outcome(body)
+    svc.recorder.record("outcomes", row)
+    svc.counters.outcomes += 1
+    return JSONResponse(
+        {"id": row["outcome_id"], "object": "outcome", "status": "accepted",
+         "request_id": row["request_id"], "episode_id": row["episode_id"]},
+        status_code=202,
+    )
+
+
+async def post_snapshot(request: Request) -> Response:
+    """A consistent read-only copy of the store for the learner (another process)."""
+    require_admin(request)
+    svc = services(request)
+    dest = svc.config.state_dir / "snapshots" / f"store-{time.time_ns()}.duckdb"
+    future = svc.recorder.submit(lambda store: store.snapshot(dest))
+    path = await asyncio.wrap_future(future)
+    return JSONResponse({"path": str(path)})
+
+
+async def get_stats(request: Request) -> Response:
+    svc = services(request)
+    if svc.advisor is None:
+        return JSONResponse({"guidance": {"enabled": False}})
+    return JSONResponse(svc.advisor.stats())

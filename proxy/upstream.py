@@ -1,0 +1,118 @@
+"""The HTTP client to the big model. Takes an httpx transport so tests can swap it.
+
+httpx errors are mapped to our exception tree here, at the boundary: a timeout is 504,
+anything that stops us from reaching the upstream is 502.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from proxy.errors import NotConfigured, UpstreamError, UpstreamTimeout
+
+# Hop-by-hop and framing headers must not be copied between the two connections;
+# content-length is recomputed because the body may have gained a hint.
+_DROP_REQUEST = frozenset(
+    {
+        "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te",
+        "upgrade", "proxy-authorization", "proxy-connection", "x-episode-id",
+        "accept-encoding",
+    }
+)
+_DROP_RESPONSE = frozenset(
+    {"content-length", "connection", "keep-alive", "transfer-encoding", "content-encoding"}
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where one kind of request goes and which credential replaces the client's."""
+
+    base_url: str
+    api_key: str | None
+    auth_header: str  # "authorization" (Bearer) or "x-api-key" (Anthropic)
+
+
+def request_headers(incoming: list[tuple[bytes, bytes]], target: Target) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for raw_k, raw_v in incoming:
+        k = raw_k.decode("latin-1").lower()
+        if k in _DROP_REQUEST:
+            continue
+        headers[k] = raw_v.decode("latin-1")
+    if target.api_key:
+        headers.pop("authorization", None)
+        headers.pop("x-api-key", None)
+        if target.auth_header == "x-api-key":
+            headers["x-api-key"] = target.api_key
+        else:
+            headers["authorization"] = f"Bearer {target.api_key}"
+    return headers
+
+
+def response_headers(resp: httpx.Response) -> list[tuple[bytes, bytes]]:
+    return [
+        (k.lower(), v)
+        for k, v in resp.headers.raw
+        if k.decode("latin-1").lower() not in _DROP_RESPONSE
+    ]
+
+
+class Upstream:
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        connect_timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+            # We relay compressed bytes as-is only if we asked for none: keep it plain.
+            headers={"accept-encoding": "identity"},
+            follow_redirects=False,
+        )
+
+    async def send(
+        self,
+        target: Target | None,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: dict[str, str],
+        content: bytes | None,
+    ) -> httpx.Response:
+        """Open a streamed response; the caller reads and closes it."""
+        if target is None:
+            raise NotConfigured(f"no upstream is configured for {path}")
+        url = target.base_url.rstrip("/") + path
+        if query:
+            url += "?" + query.decode("latin-1")
+        request = self._client.build_request(method, url, headers=headers, content=content)
+        try:
+            return await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(f"upstream timed out: {type(exc).__name__}") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream unreachable: {type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def map_stream_error(exc: BaseException) -> UpstreamError | None:
+    """Classify an error raised while reading an upstream body."""
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"upstream timed out mid-response: {type(exc).__name__}")
+    if isinstance(exc, httpx.HTTPError):
+        return UpstreamError(f"upstream connection failed mid-response: {type(exc).__name__}")
+    return None
+
+
+def merge_headers(a: dict[str, str], b: dict[str, Any]) -> dict[str, str]:
+    return {**a, **{k: str(v) for k, v in b.items()}}
