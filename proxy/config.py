@@ -64,17 +64,21 @@ class StoreConfig:
 @dataclass(frozen=True)
 class GuidanceConfig:
     enabled: bool = True
+    mode: Literal["both", "retrieval", "model"] = "both"
     model_path: str | None = None
     budget_ms: float = 150.0
     holdout: float = 0.1
     task_source: Literal["first_user", "last_user"] = "first_user"
-    include_system: bool = True
     cache_size: int = 4096
     similar_k: int = 40
-    explore: float = 0.05
+    min_similarity: float = 0.2
     min_evidence: int = 3
+    half_life: float = 12.0
+    explore: float = 0.05
+    memory_size: int = 50_000
     threads: int = 1
-    max_hint_tokens: int = 16
+    max_hint_tokens: int = 12
+    adapter_poll_ms: int = 250
     seed: int = 0
 
 

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from proxy.errors import BodyTooLarge, TacticianError, Unauthorized
+from proxy.hints.stats import arm_stats
 from proxy.outcomes import SIGNATURE_HEADER, authorize, parse_outcome
 
 if TYPE_CHECKING:
@@ -68,8 +69,7 @@ async def post_outcome(request: Request) -> Response:
     authorize(svc.config.outcomes, request.headers.get("authorization"),
               request.headers.get(SIGNATURE_HEADER), body)
     row = parse_outcome(body)
-    svc.recorder.record("outcomes", row)
-    svc.counters.outcomes += 1
+    svc.accept_outcome(row)
     return JSONResponse(
         {"id": row["outcome_id"], "object": "outcome", "status": "accepted",
          "request_id": row["request_id"], "episode_id": row["episode_id"]},
@@ -88,7 +88,8 @@ async def post_snapshot(request: Request) -> Response:
 
 
 async def get_stats(request: Request) -> Response:
+    """Success per arm and per adapter version, live uplift with its 95% CI."""
     svc = services(request)
-    if svc.advisor is None:
-        return JSONResponse({"guidance": {"enabled": False}})
-    return JSONResponse(svc.advisor.stats())
+    engine = svc.advisor.stats() if svc.advisor else {"enabled": False}
+    report = await asyncio.to_thread(arm_stats, svc.store)
+    return JSONResponse({"object": "tactician.stats", "guidance": engine, **report})

@@ -24,6 +24,12 @@ class Advisor(Protocol):
         """Return the hint to inject, or None; fill ``call.guidance`` either way."""
         ...
 
+    def observe_call(self, row: dict[str, Any]) -> None:
+        """Learn from a finished call (its task and the strategy its answer used)."""
+        ...
+
+    def observe_outcome(self, row: dict[str, Any]) -> None: ...
+
     def stats(self) -> dict[str, Any]: ...
 
     async def start(self) -> None: ...
@@ -72,7 +78,19 @@ class Services:
         break serving."""
         self.counters.requests[(call.endpoint, call.status or 0)] += 1
         try:
-            self.recorder.record("calls", call.to_row(self.redact))
+            row = call.to_row(self.redact)
+            self.recorder.record("calls", row)
+            if self.advisor is not None:
+                self.advisor.observe_call(row)
         except Exception:
             self.counters.record_errors += 1
             log.exception("could not record call %s", call.request_id)
+
+    def accept_outcome(self, row: dict[str, Any]) -> None:
+        self.recorder.record("outcomes", row)
+        self.counters.outcomes += 1
+        if self.advisor is not None:
+            try:
+                self.advisor.observe_outcome(row)
+            except Exception:
+                log.exception("hint memory could not take outcome %s", row["outcome_id"])

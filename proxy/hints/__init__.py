@@ -1,0 +1,1 @@
+"""The hint engine: memory of past tasks, the small model, and the decision."""

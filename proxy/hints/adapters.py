@@ -1,0 +1,118 @@
+"""Watches the learner's published adapter and hot-swaps it into the small model.
+
+The learner publishes by atomically replacing ``adapters/current.json``; the watcher
+polls it, loads the new adapter on its own thread, and swaps it in between two
+generations. A broken adapter is logged and counted and the previous one keeps
+serving; the watcher retries when the file changes again (or after ``retry_s``).
+It also carries learner run records (``runs/*.json``) into the store, since the
+learner may not write the store while the proxy holds it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from proxy.hints.llm import SmallModel
+from proxy.hints.strategies import StrategyCatalog
+from proxy.recorder import Recorder
+from proxy.store import Store
+
+log = logging.getLogger("tactician.hints.adapters")
+
+
+class AdapterWatcher:
+    def __init__(self, state_dir: Path, model: SmallModel, recorder: Recorder, *,
+                 poll_s: float, retry_s: float = 30.0) -> None:
+        self.adapters = state_dir / "adapters"
+        self.runs = state_dir / "runs"
+        self.model = model
+        self.recorder = recorder
+        self.poll_s = poll_s
+        self.retry_s = retry_s
+        self.failures = 0
+        self.last_error: str | None = None
+        self._seen: tuple[float, int] | None = None
+        self._failed_at = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="adapter-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def status(self) -> dict[str, Any]:
+        return {"failures": self.failures, "last_error": self.last_error}
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check()
+                self._ingest_runs()
+            except Exception as exc:
+                self.failures += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("adapter watcher error")
+            self._stop.wait(self.poll_s)
+
+    def check(self) -> bool:
+        """Load the published adapter if it changed (or nothing is loaded yet)."""
+        pointer = self.adapters / "current.json"
+        stamp = _stamp(pointer)
+        retry = self.model.current is None and time.monotonic() - self._failed_at > self.retry_s
+        if stamp == self._seen and not retry:
+            return False
+        self._seen = stamp
+        try:
+            self._load(pointer if stamp else None)
+        except Exception as exc:  # noqa: BLE001 - a bad adapter must not stop serving
+            self._failed_at = time.monotonic()
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("could not load adapter: %s", self.last_error)
+            if self.model.current is None and stamp is not None:
+                self._load(None)  # serve the base model rather than nothing
+            return False
+        self.last_error = None
+        return True
+
+    def _load(self, pointer: Path | None) -> None:
+        if pointer is None:
+            self.model.load(None, "base", None)
+            return
+        info = json.loads(pointer.read_text())
+        adapter = self.adapters / info["adapter"]
+        catalog = StrategyCatalog.from_json((self.adapters / info["catalog"]).read_text())
+        self.model.load(adapter, str(info["version"]), catalog)
+
+    def _ingest_runs(self) -> None:
+        if not self.runs.is_dir():
+            return
+        for path in sorted(self.runs.glob("*.json")):
+            row: dict[str, Any] = json.loads(path.read_text())
+            self.recorder.submit(functools.partial(_insert_run, row=row)).result(30)
+            done = self.runs / "ingested"
+            done.mkdir(exist_ok=True)
+            path.replace(done / path.name)
+
+
+def _insert_run(store: Store, *, row: dict[str, Any]) -> None:
+    exists = store.query("SELECT 1 FROM learner_runs WHERE run_id = ?", [row["run_id"]])
+    if not exists:
+        store.insert("learner_runs", [row])
+
+
+def _stamp(path: Path) -> tuple[float, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime, st.st_ino)

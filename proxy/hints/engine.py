@@ -1,0 +1,246 @@
+"""The hint engine: decides whether and what to hint, within a latency budget.
+
+For each guided call: find similar past tasks and their outcomes per strategy (memory);
+when that evidence is strong, recommend by Thompson sampling over it (which also keeps
+exploring); when it is thin — a new kind of task — ask the small model (LoRA-trained on
+past outcomes) which approach fits. Everything it does is recorded on the call, and any
+failure leaves the call unguided: the engine fails open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter, OrderedDict
+from typing import Any
+
+from proxy.calls import Call
+from proxy.config import Config
+from proxy.hints import evidence
+from proxy.hints.adapters import AdapterWatcher
+from proxy.hints.llm import SmallModel
+from proxy.hints.memory import TaskMemory
+from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
+from proxy.hints.text import Vectorizer, normalize
+from proxy.models import default_gguf
+from proxy.recorder import Recorder
+from proxy.store import Store
+
+log = logging.getLogger("tactician.hints")
+
+MAX_MODEL_BACKLOG = 2  # beyond this, a new request would only wait: skip instead
+
+
+class HintEngine:
+    def __init__(self, config: Config, store: Store, recorder: Recorder) -> None:
+        self.cfg = config.guidance
+        self.config = config
+        self.store = store
+        self.recorder = recorder
+        self.vectorizer = Vectorizer(512)
+        self.memory = TaskMemory(dim=512, capacity=self.cfg.memory_size)
+        self.catalog = StrategyCatalog()
+        self.rng = random.Random(self.cfg.seed)
+        self.model: SmallModel | None = None
+        self.watcher: AdapterWatcher | None = None
+        # Labels are cached by the worker thread's callback and read on the event loop.
+        self._labels: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._labels_lock = threading.Lock()
+        self.counters: Counter[str] = Counter()
+        # Every call of an episode gets the same hint: it is one task, one approach.
+        self._episodes: OrderedDict[str, Strategy] = OrderedDict()
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load_history)
+        if self.cfg.mode == "retrieval":
+            return
+        path = (self.config.resolve(self.cfg.model_path) if self.cfg.model_path
+                else default_gguf())
+        self.model = SmallModel(path, threads=self.cfg.threads,
+                                max_tokens=self.cfg.max_hint_tokens)
+        self.watcher = AdapterWatcher(self.config.state_dir, self.model, self.recorder,
+                                      poll_s=self.cfg.adapter_poll_ms / 1000)
+        self.watcher.start()
+
+    async def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.model is not None:
+            await asyncio.to_thread(self.model.close)
+
+    def _load_history(self) -> None:
+        """Rebuild memory from the store, oldest first, so recency order holds."""
+        rows = self.store.query(
+            """SELECT c.request_id, c.episode_id, c.task_text, c.response_text,
+                      o.success, o.score
+               FROM calls c LEFT JOIN call_outcomes o USING (request_id)
+               WHERE c.task_text IS NOT NULL AND c.response_text IS NOT NULL
+                 AND c.status = 200
+               ORDER BY c.started_at DESC LIMIT ?""",
+            [self.cfg.memory_size],
+        )
+        for row in reversed(rows):
+            self._remember(row["request_id"], row["episode_id"], row["task_text"],
+                           row["response_text"])
+            value = _outcome_value(row["success"], row["score"])
+            if value is not None:
+                self.memory.set_outcome(row["request_id"], None, value)
+        log.info("hint memory: %d tasks, %d strategies", len(self.memory), len(self.catalog))
+
+    # -- observations --------------------------------------------------------------
+    def observe_call(self, row: dict[str, Any]) -> None:
+        if row.get("status") != 200 or not row.get("task_text"):
+            return
+        self._remember(row["request_id"], row["episode_id"], row["task_text"],
+                       row.get("response_text"))
+
+    def _remember(self, request_id: str, episode_id: str, task: str,
+                  response: str | None) -> None:
+        sid = self.catalog.assign(response)
+        if sid is not None:
+            self.memory.add(request_id, episode_id, self.vectorizer.vector(task), sid)
+
+    def observe_outcome(self, row: dict[str, Any]) -> None:
+        value = _outcome_value(row.get("success"), row.get("score"))
+        if value is not None:
+            self.memory.set_outcome(row.get("request_id"), row.get("episode_id"), value)
+
+    # -- advice --------------------------------------------------------------------
+    async def advise(self, call: Call) -> str | None:
+        start = time.perf_counter()
+        g = call.guidance
+        g["arm"] = self._arm(call.episode_id)
+        if g["arm"] == "control":
+            g["hint_skip_reason"] = "holdout"
+            return None
+        try:
+            strategy = self._episodes.get(call.episode_id)
+            if strategy is not None:
+                g["hint_source"] = "episode"
+            else:
+                strategy = await self._choose(call, start)
+        except Exception:
+            log.exception("hint engine failed")
+            g["hint_skip_reason"] = "engine_error"
+            strategy = None
+        g["hint_latency_ms"] = (time.perf_counter() - start) * 1000
+        self.counters["served" if strategy else f"skipped:{g.get('hint_skip_reason')}"] += 1
+        if strategy is None:
+            return None
+        self._episodes[call.episode_id] = strategy
+        while len(self._episodes) > self.cfg.cache_size:
+            self._episodes.popitem(last=False)
+        g["hint_strategy"] = strategy.label
+        g["hint_text"] = hint_text(strategy)
+        return str(g["hint_text"])
+
+    def _arm(self, episode_id: str) -> str:
+        digest = hashlib.sha256(f"{self.cfg.seed}:{episode_id}".encode()).digest()
+        u = int.from_bytes(digest[:8], "big") / 2**64
+        return "control" if u < self.cfg.holdout else "guided"
+
+    async def _choose(self, call: Call, start: float) -> Strategy | None:
+        g = call.guidance
+        task = call.task_text
+        if not task:
+            g["hint_skip_reason"] = "no_task"
+            return None
+        stats: dict[str, evidence.StrategyStats] = {}
+        if self.cfg.mode != "model":
+            obs = self.memory.neighbours(self.vectorizer.vector(task), self.cfg.similar_k,
+                                         self.cfg.min_similarity)
+            stats = evidence.summarize(obs, self.cfg.half_life)
+            if stats:
+                labels = {sid: s.label for sid in stats if (s := self.catalog.get(sid))}
+                g["hint_stats"] = json.dumps({
+                    "summary": evidence.describe(stats, labels),
+                    "strategies": {labels.get(k, k): [v.wins, v.n] for k, v in stats.items()},
+                })
+        if self.cfg.mode != "model" and evidence.best(stats, self.cfg.min_evidence):
+            return self._from_evidence(call, stats)
+        if self.cfg.mode == "retrieval":
+            g["hint_skip_reason"] = "thin_evidence"
+            return None
+        return await self._from_model(call, task, start)
+
+    def _from_evidence(self, call: Call, stats: dict[str, evidence.StrategyStats]
+                       ) -> Strategy | None:
+        explore = self.rng.random() < self.cfg.explore
+        pick = evidence.least_tried(stats) if explore else evidence.thompson(stats, self.rng)
+        call.guidance["hint_source"] = "explore" if explore else "retrieval"
+        return self.catalog.get(pick.sid) if pick else None
+
+    async def _from_model(self, call: Call, task: str, start: float) -> Strategy | None:
+        g = call.guidance
+        model = self.model
+        loaded = model.current if model else None
+        if model is None or loaded is None:
+            g["hint_skip_reason"] = "model_unavailable"
+            return None
+        if loaded.catalog is None:
+            g["hint_skip_reason"] = "no_adapter"
+            return None
+        g["adapter_version"] = loaded.version
+        key = f"{loaded.version}:{normalize(task)}"
+        with self._labels_lock:
+            cached = self._labels.get(key)
+        if cached is not None:
+            g["hint_source"] = "model_cache"
+            return self._resolve(call, cached[0], loaded.catalog)
+        if model.pending >= MAX_MODEL_BACKLOG:
+            g["hint_skip_reason"] = "model_busy"
+            return None
+        future = model.submit(task)
+        future.add_done_callback(lambda f: self._cache_label(key, f))
+        remaining = self.cfg.budget_ms / 1000 - (time.perf_counter() - start)
+        try:
+            label, _ = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                              max(remaining, 0.001))
+        except TimeoutError:
+            # Finished in the background and cached for the next similar task.
+            g["hint_skip_reason"] = "budget"
+            return None
+        g["hint_source"] = "model"
+        return self._resolve(call, label, loaded.catalog)
+
+    def _resolve(self, call: Call, label: str, catalog: StrategyCatalog) -> Strategy | None:
+        sid = catalog.resolve(label)
+        if sid is None:
+            call.guidance["hint_skip_reason"] = "model_unresolved"
+            return None
+        return catalog.get(sid)
+
+    def _cache_label(self, key: str, future: Any) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        with self._labels_lock:
+            self._labels[key] = future.result()
+            while len(self._labels) > self.cfg.cache_size:
+                self._labels.popitem(last=False)
+
+    # -- reporting -----------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        loaded = self.model.current if self.model else None
+        return {
+            "enabled": True,
+            "mode": self.cfg.mode,
+            "adapter_version": loaded.version if loaded else None,
+            "memory_tasks": len(self.memory),
+            "strategies": len(self.catalog),
+            "hints": dict(self.counters),
+            "watcher": self.watcher.status() if self.watcher else None,
+        }
+
+
+def _outcome_value(success: Any, score: Any) -> float | None:
+    if success is not None:
+        return 1.0 if success else 0.0
+    if score is not None:
+        return float(score)
+    return None

@@ -1,0 +1,96 @@
+"""The small model in llama.cpp: one context, one worker thread, hot-swappable adapter.
+
+A llama.cpp context is not safe for concurrent calls, so every generation runs on a
+single worker thread. Swapping an adapter builds a new context on another thread and
+replaces the reference between two generations: the old adapter serves until the new
+one is ready, and the new context starts with an empty KV cache. llama_cpp is imported
+only here, lazily, so it never slows the proxy's start-up or import.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from proxy.hints.prompt import STOP, normalize_label, render
+from proxy.hints.strategies import StrategyCatalog
+
+log = logging.getLogger("tactician.hints.llm")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    llama: Any
+    version: str  # "base" when no adapter is applied
+    catalog: StrategyCatalog | None
+
+
+class SmallModel:
+    def __init__(self, model_path: Path, *, threads: int, max_tokens: int) -> None:
+        self.model_path = model_path
+        self.threads = threads
+        self.max_tokens = max_tokens
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="small-model")
+        self._loaded: Loaded | None = None
+        self._lock = threading.Lock()
+        self._pending = 0
+
+    @property
+    def current(self) -> Loaded | None:
+        return self._loaded
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def load(self, adapter: Path | None, version: str,
+             catalog: StrategyCatalog | None) -> None:
+        """Build a context (blocking: call it off the event loop) and swap it in."""
+        from llama_cpp import Llama  # noqa: PLC0415 - heavy, off the import path
+
+        if not self.model_path.is_file():
+            raise FileNotFoundError(f"small model not found: {self.model_path}")
+        if adapter is not None and not adapter.is_file():
+            raise FileNotFoundError(f"adapter not found: {adapter}")
+        llama = Llama(
+            model_path=str(self.model_path),
+            lora_path=str(adapter) if adapter else None,
+            n_ctx=256, n_batch=64, n_threads=self.threads, n_threads_batch=self.threads,
+            seed=0, verbose=False,
+        )
+        with self._lock:
+            old, self._loaded = self._loaded, Loaded(llama, version, catalog)
+        if old is not None:
+            # Closing on the worker thread guarantees no generation still uses it.
+            self._worker.submit(old.llama.close)
+        log.info("small model ready: %s (adapter %s)", self.model_path.name, version)
+
+    def submit(self, task: str) -> Future[tuple[str, str]]:
+        """Queue a label generation; the future gives (label, adapter version)."""
+        with self._lock:
+            self._pending += 1
+        return self._worker.submit(self._generate, task)
+
+    def _generate(self, task: str) -> tuple[str, str]:
+        try:
+            loaded = self._loaded
+            if loaded is None:
+                raise RuntimeError("small model is not loaded")
+            out = loaded.llama.create_completion(
+                render(task), max_tokens=self.max_tokens, temperature=0.0, top_k=1,
+                stop=STOP,
+            )
+            return normalize_label(out["choices"][0]["text"]), loaded.version
+        finally:
+            with self._lock:
+                self._pending -= 1
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True, cancel_futures=True)
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None:
+            loaded.llama.close()

@@ -1,0 +1,107 @@
+"""Memory of past tasks: what each used and how it went, searchable by similarity.
+
+Held in RAM (a matrix of task vectors), so a similarity query is one matrix-vector
+product (~1 ms for 50k tasks). Rebuilt from the store at start-up; fed by every
+finished call and every outcome. Outcomes may arrive before their call: they wait in
+``_early`` until the call shows up.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from proxy.hints.evidence import Observation
+from proxy.hints.text import Vector
+
+
+@dataclass
+class _Slot:
+    request_id: str
+    episode_id: str
+    sid: str
+    seq: int
+    success: float = math.nan
+
+
+@dataclass
+class TaskMemory:
+    dim: int
+    capacity: int
+    _vectors: np.ndarray = field(init=False)
+    _slots: list[_Slot | None] = field(init=False)
+    _by_request: dict[str, int] = field(default_factory=dict)
+    _by_episode: dict[str, int] = field(default_factory=dict)
+    _early: dict[str, float] = field(default_factory=dict)
+    _next: int = 0
+    _seq: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._vectors = np.zeros((self.capacity, self.dim), dtype=np.float32)
+        self._slots = [None] * self.capacity
+
+    def __len__(self) -> int:
+        return sum(1 for s in self._slots if s is not None)
+
+    def add(self, request_id: str, episode_id: str, vec: Vector, sid: str) -> None:
+        """Remember one episode's task and strategy (later calls of the same episode
+        continue the same task, so only the first is kept)."""
+        with self._lock:
+            if episode_id in self._by_episode:
+                self._by_request[request_id] = self._by_episode[episode_id]
+                return
+            idx = self._next
+            self._next = (self._next + 1) % self.capacity
+            self._evict(idx)
+            self._seq += 1
+            slot = _Slot(request_id, episode_id, sid, self._seq)
+            slot.success = self._early.pop(request_id, self._early.pop(episode_id, math.nan))
+            self._slots[idx] = slot
+            self._vectors[idx] = vec
+            self._by_request[request_id] = idx
+            self._by_episode[episode_id] = idx
+
+    def _evict(self, idx: int) -> None:
+        old = self._slots[idx]
+        if old is None:
+            return
+        self._by_request.pop(old.request_id, None)
+        self._by_episode.pop(old.episode_id, None)
+        self._slots[idx] = None
+
+    def set_outcome(self, request_id: str | None, episode_id: str | None, value: float) -> None:
+        """A later outcome for the same target supersedes the earlier one."""
+        with self._lock:
+            idx = self._by_request.get(request_id or "")
+            if idx is None:
+                idx = self._by_episode.get(episode_id or "")
+            if idx is None:
+                if len(self._early) > self.capacity:  # never linked: drop the oldest
+                    self._early.pop(next(iter(self._early)))
+                self._early[request_id or episode_id or ""] = value
+                return
+            slot = self._slots[idx]
+            if slot is not None:
+                slot.success = value
+
+    def neighbours(self, vec: Vector, k: int, min_similarity: float) -> list[Observation]:
+        with self._lock:
+            sims = self._vectors @ vec
+            top = min(len(sims), 8 * k)
+            candidates = np.argpartition(-sims, top - 1)[:top] if top < len(sims) else \
+                np.arange(len(sims))
+            order = candidates[np.argsort(-sims[candidates])]
+            out: list[Observation] = []
+            for idx in order:
+                sim = float(sims[idx])
+                if sim < min_similarity or len(out) >= k:
+                    break
+                slot = self._slots[idx]
+                if slot is None or math.isnan(slot.success):
+                    continue
+                out.append(Observation(slot.sid, slot.success, sim, slot.seq))
+            return out
