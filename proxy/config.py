@@ -204,6 +204,11 @@ def _build(cls: type[Any], raw: Any, where: str) -> Any:
     kwargs = {}
     for name, value in raw.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
+    required = [n for n, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    absent = [n for n in required if n not in kwargs]
+    if absent:
+        raise ConfigError(f"{where or 'config'}: missing required key {absent[0]}")
     return cls(**kwargs)
 
 

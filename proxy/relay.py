@@ -109,8 +109,9 @@ class Relay:
         try:
             await self._handle(call, scope, receive, tracked_send)
         except TacticianError as err:
-            call.status, call.error = err.status, err.message
+            call.error = err.message
             if not started:
+                call.status = err.status
                 await send_error(send, call, err)
             else:
                 # Headers are gone; closing the connection mid-body is how an HTTP

