@@ -10,6 +10,7 @@ only here, lazily, so it never slows the proxy's start-up or import.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,35 @@ class Loaded:
     llama: Any
     version: str  # "base" when no adapter is applied
     catalog: StrategyCatalog | None
+
+
+_LORA_TENSOR = re.compile(r"^blk\.\d+\.[a-z_]+\.weight\.lora_[ab]$")
+
+
+def check_adapter(path: Path) -> None:
+    """Refuse a file llama.cpp would accept but must not run: llama.cpp loads some
+    malformed adapter files without complaint and then crashes while generating."""
+    from gguf import GGUFReader  # noqa: PLC0415 - only when an adapter is published
+
+    if not path.is_file():
+        raise FileNotFoundError(f"adapter not found: {path}")
+    try:
+        reader = GGUFReader(str(path))
+    except (ValueError, OSError, IndexError, KeyError) as exc:
+        raise ValueError(f"{path.name} is not a readable GGUF file: {exc}") from exc
+
+    def field(key: str) -> str | None:
+        f = reader.fields.get(key)
+        return str(f.contents()) if f is not None else None
+
+    if field("general.type") != "adapter" or field("adapter.type") != "lora":
+        raise ValueError(f"{path.name} is not a GGUF LoRA adapter")
+    names = [t.name for t in reader.tensors]
+    if not names or not all(_LORA_TENSOR.match(n) for n in names):
+        raise ValueError(f"{path.name} has no LoRA tensors or unexpected tensor names")
+    pairs = {n.rsplit(".", 1)[0] for n in names}
+    if len(names) != 2 * len(pairs):
+        raise ValueError(f"{path.name} has unpaired lora_a/lora_b tensors")
 
 
 class SmallModel:
@@ -54,8 +84,8 @@ class SmallModel:
 
         if not self.model_path.is_file():
             raise FileNotFoundError(f"small model not found: {self.model_path}")
-        if adapter is not None and not adapter.is_file():
-            raise FileNotFoundError(f"adapter not found: {adapter}")
+        if adapter is not None:
+            check_adapter(adapter)
         llama = Llama(
             model_path=str(self.model_path),
             lora_path=str(adapter) if adapter else None,

@@ -1,0 +1,1 @@
+"""Tactician learner: LoRA training on the local hint model and export to llama.cpp."""

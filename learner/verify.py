@@ -1,0 +1,134 @@
+"""Check that llama.cpp + exported GGUF adapter behaves like the trained PEFT model.
+
+Heavy libraries (torch, transformers, peft, gguf, llama_cpp) are imported inside functions
+so that importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from learner.basemodel import load_hf_model, load_tokenizer
+
+N_CTX = 512
+N_THREADS = 2
+
+
+def open_llama(base_gguf: Path, adapter_gguf: Path | None, *, logits_all: bool = False) -> Any:
+    """A CPU llama.cpp instance with the settings the proxy uses (plus optional logits)."""
+    from llama_cpp import Llama  # noqa: PLC0415
+
+    return Llama(
+        model_path=str(base_gguf),
+        lora_path=str(adapter_gguf) if adapter_gguf is not None else None,
+        n_ctx=N_CTX,
+        n_threads=N_THREADS,
+        verbose=False,
+        seed=0,
+        logits_all=logits_all,
+    )
+
+
+def _complete(llm: Any, prompt: str, max_tokens: int) -> str:
+    # Raw completion on the pre-rendered prompt; llama.cpp stops at end-of-generation tokens.
+    out = llm(prompt, max_tokens=max_tokens, temperature=0.0, repeat_penalty=1.0)
+    return str(out["choices"][0]["text"])
+
+
+def llama_generate(base_gguf: Path, adapter_gguf: Path | None, prompt: str, max_tokens: int) -> str:
+    """Greedy raw completion of ``prompt`` with llama.cpp (optionally with a LoRA adapter)."""
+    return _complete(open_llama(base_gguf, adapter_gguf), prompt, max_tokens)
+
+
+def llama_tokenize(llm: Any, prompt: str) -> list[int]:
+    """Token ids llama.cpp's completion API feeds for ``prompt`` (special tokens parsed)."""
+    return [int(t) for t in llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)]
+
+
+def llm_last_logits(llm: Any, prompt: str) -> npt.NDArray[np.float32]:
+    """Next-token logits after ``prompt`` from an ``open_llama(..., logits_all=True)``."""
+    llm.reset()
+    llm.eval(llama_tokenize(llm, prompt))
+    return np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+
+
+def llama_last_logits(
+    base_gguf: Path, adapter_gguf: Path | None, prompt: str
+) -> npt.NDArray[np.float32]:
+    """Next-token logits after ``prompt`` from llama.cpp."""
+    return llm_last_logits(open_llama(base_gguf, adapter_gguf, logits_all=True), prompt)
+
+
+def peft_generate(model: Any, tokenizer: Any, prompt: str, max_tokens: int) -> str:
+    """Greedy completion with a transformers/PEFT model, special tokens stripped."""
+    import torch  # noqa: PLC0415
+
+    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        )
+    return str(tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+
+
+def peft_last_logits(model: Any, tokenizer: Any, prompt: str) -> npt.NDArray[np.float32]:
+    """Next-token logits after ``prompt`` from a transformers/PEFT model."""
+    import torch  # noqa: PLC0415
+
+    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits[0, -1]
+    return np.asarray(logits.float().numpy(), dtype=np.float32)
+
+
+def normalize(text: str) -> str:
+    """Comparison form of a hint: first non-blank line, stripped, lowercased."""
+    lines = text.strip().splitlines()
+    return lines[0].strip().lower() if lines else ""
+
+
+def load_peft(base_gguf: Path, adapter_dir: Path) -> tuple[Any, Any]:
+    """``(PeftModel, tokenizer)`` from the base GGUF and a saved PEFT adapter dir."""
+    from peft import PeftModel  # noqa: PLC0415
+
+    model, tokenizer = load_hf_model(base_gguf)
+    return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), tokenizer
+
+
+def agreement(
+    base_gguf: Path,
+    adapter_gguf: Path,
+    peft_model_or_dir: Any,
+    prompts: Sequence[str],
+    max_tokens: int,
+    tokenizer: Any = None,
+) -> float:
+    """Fraction of rendered ``prompts`` on which greedy PEFT output equals llama.cpp's.
+
+    ``peft_model_or_dir`` is an in-memory PeftModel (then ``tokenizer`` defaults to one
+    rebuilt from the GGUF) or a saved adapter directory.
+    """
+    if not prompts:
+        raise ValueError("no prompts")
+    if isinstance(peft_model_or_dir, (str, Path)):
+        model, tokenizer = load_peft(base_gguf, Path(peft_model_or_dir))
+    else:
+        model = peft_model_or_dir.eval()
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(base_gguf)
+    llm = open_llama(base_gguf, adapter_gguf)
+    same = sum(
+        normalize(peft_generate(model, tokenizer, p, max_tokens))
+        == normalize(_complete(llm, p, max_tokens))
+        for p in prompts
+    )
+    return same / len(prompts)

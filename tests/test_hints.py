@@ -1,0 +1,263 @@
+"""The hint engine with the real llama.cpp and the real SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from proxy import payloads
+from proxy.config import load_config
+from proxy.hints.engine import HintEngine
+from proxy.hints.llm import SmallModel
+from proxy.models import default_gguf
+from tests.adapters import catalog, publish, random_adapter
+from tests.conftest import ProxyHandle
+from tests.fake_upstream import FakeUpstream
+
+TASK = "Plan the quarterly offsite for the platform group"
+
+
+# -- injection -------------------------------------------------------------------------
+@pytest.mark.parametrize(("endpoint", "body", "check"), [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "t"}]},
+     lambda b: b["messages"][0] == {"role": "system", "content": "[Strategy hint]\nH\n"
+                                                                 "[/Strategy hint]"}),
+    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "t"}]},
+     lambda b: b["messages"][0]["content"].startswith("[Strategy hint]\nH\n")
+     and b["messages"][0]["content"].endswith("Be brief.") and len(b["messages"]) == 2),
+    ("/v1/chat/completions", {"messages": [{"role": "developer", "content": [
+        {"type": "text", "text": "Dev rules."}]}, {"role": "user", "content": "t"}]},
+     lambda b: b["messages"][0]["content"][0]["text"].startswith("[Strategy hint]")
+     and b["messages"][0]["content"][1]["text"] == "Dev rules."),
+    ("/v1/responses", {"input": "t"}, lambda b: b["instructions"].startswith("[Strategy")),
+    ("/v1/responses", {"input": "t", "instructions": "Be brief."},
+     lambda b: b["instructions"].endswith("\n\nBe brief.")),
+    ("/v1/messages", {"messages": [{"role": "user", "content": "t"}]},
+     lambda b: b["system"].startswith("[Strategy hint]")),
+    ("/v1/messages", {"system": "Kind.", "messages": []},
+     lambda b: b["system"].endswith("\n\nKind.")),
+    ("/v1/messages", {"system": [{"type": "text", "text": "Kind."}], "messages": []},
+     lambda b: b["system"][0]["text"].startswith("[Strategy") and b["system"][1]["text"]
+     == "Kind."),
+])
+def test_injection(endpoint: str, body: dict[str, object],
+                   check: Callable[[dict[str, object]], bool]) -> None:
+    original = copy.deepcopy(body)
+    out = payloads.inject_hint(endpoint, body, "H")
+    assert check(out)
+    assert body == original  # the caller's object is never modified
+
+
+def test_hint_text_never_names_its_maker() -> None:
+    block = payloads.hint_block("Approach: X")
+    for word in ("tactician", "smollm", "llama", "small model", "proxy"):
+        assert word not in block.lower()
+
+
+# -- arms ------------------------------------------------------------------------------
+def test_holdout_fraction_within_tolerance(tmp_path: Path) -> None:
+    cfg = load_config({"store": {"path": str(tmp_path / "s.duckdb")},
+                       "guidance": {"holdout": 0.1}})
+    engine = HintEngine(cfg, None, None)  # type: ignore[arg-type]
+    n = 20_000
+    control = sum(engine._arm(f"ep-{i}") == "control" for i in range(n))
+    sigma = (0.1 * 0.9 / n) ** 0.5
+    assert abs(control / n - 0.1) < 4 * sigma
+    assert len({engine._arm("same") for _ in range(10)}) == 1  # sticky per episode
+
+
+# -- retrieval ---------------------------------------------------------------------------
+class StrategyUpstream(FakeUpstream):
+    """Answers with the approach named in the system prompt, else alternates. 'alpha'
+    is the approach that works; the test posts outcomes accordingly."""
+
+    async def chat(self, request):  # type: ignore[no-untyped-def]
+        body = await self._record(request)
+        system = " ".join(m["content"] for m in body["messages"] if m["role"] == "system")
+        n = len(self.received)
+        use = "alpha" if "alpha" in system else ("beta" if "beta" in system else
+                                                 ("alpha" if n % 2 else "beta"))
+        text = f"I used the {use} method: worked through it step by step. Done."
+        from starlette.responses import JSONResponse
+        return JSONResponse({"id": "x", "object": "chat.completion", "created": 0,
+                             "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
+                                                        "message": {"role": "assistant",
+                                                                    "content": text}}]})
+
+
+@pytest.fixture
+def strategy_upstream() -> Iterator[StrategyUpstream]:
+    from tests.servers import ServerThread
+
+    up = StrategyUpstream()
+    with ServerThread(up.app) as srv:
+        up.url = srv.url  # type: ignore[attr-defined]
+        yield up
+
+
+def test_retrieval_recommends_what_worked(make_proxy: Callable[..., ProxyHandle],
+                                          strategy_upstream: StrategyUpstream,
+                                          tmp_path: Path) -> None:
+    from tests.conftest import proxy_config
+
+    cfg = proxy_config(tmp_path, strategy_upstream.url,  # type: ignore[attr-defined]
+                       guidance={"enabled": True, "mode": "retrieval", "holdout": 0.0,
+                                 "explore": 0.0})
+    proxy = make_proxy(cfg)
+    c = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
+    for i in range(30):
+        raw = c.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": f"{TASK} number {i}"}])
+        text = raw.parse().choices[0].message.content or ""
+        httpx.post(f"{proxy.base_url}/outcomes", json={
+            "request_id": raw.headers["x-request-id"], "success": "alpha" in text})
+    rows = proxy.wait_rows("SELECT * FROM calls ORDER BY started_at", 30)
+    late = rows[-10:]
+    assert all(r["arm"] == "guided" and r["hint_source"] == "retrieval" for r in late)
+    assert all("alpha method" in (r["hint_text"] or "") for r in late)
+    stats = json.loads(late[-1]["hint_stats"])
+    assert "similar tasks" in stats["summary"]
+    # The upstream saw the hint at the start of a new system message.
+    sent = strategy_upstream.received[-1]["body"]["messages"][0]
+    assert sent["role"] == "system" and sent["content"].startswith("[Strategy hint]")
+    report = httpx.get(f"{proxy.base_url}/tactician/stats").json()
+    assert report["arms"]["guided"]["episodes"] == 30
+
+
+# -- the small model, adapters and hot-swap ------------------------------------------------
+@pytest.fixture(scope="module")
+def two_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
+    """Two random adapters and the label each makes the real model generate for TASK."""
+    d = tmp_path_factory.mktemp("adapters")
+    model = SmallModel(default_gguf(), threads=1, max_tokens=12)
+    model.load(None, "base", None)
+    base_label = model.submit(TASK).result()[0]
+    out = {}
+    for name, seed in (("a", 1), ("b", 2)):
+        path = random_adapter(d / f"{name}.gguf", seed, scale=0.35)
+        model.load(path, name, None)
+        out[name] = (path, model.submit(TASK).result()[0])
+    model.close()
+    labels = {base_label, out["a"][1], out["b"][1]}
+    assert len(labels) == 3 and all(labels), f"adapters must change the output: {labels}"
+    return out
+
+
+def model_proxy(make_proxy: Callable[..., ProxyHandle], **guidance: object) -> ProxyHandle:
+    return make_proxy(guidance={"enabled": True, "mode": "model", "holdout": 0.0,
+                                "budget_ms": 5000, "adapter_poll_ms": 100, **guidance})
+
+
+def ask(proxy: ProxyHandle, stream: bool = False) -> dict[str, object]:
+    body = {"model": "m", "messages": [{"role": "user", "content": TASK}], "stream": stream}
+    r = httpx.post(f"{proxy.base_url}/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200
+    return proxy.wait_rows("SELECT * FROM calls WHERE request_id = ?", 1,
+                           [r.headers["x-request-id"]])[0]
+
+
+def wait_version(proxy: ProxyHandle, version: str, timeout: float = 10) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if httpx.get(f"{proxy.url}/healthz").json()["guidance"]["adapter_version"] == version:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    raise AssertionError(f"adapter {version} never loaded")
+
+
+def test_adapter_changes_the_hint_and_hot_swaps_under_load(
+        make_proxy: Callable[..., ProxyHandle], fake: FakeUpstream,
+        two_adapters: dict[str, tuple[Path, str]]) -> None:
+    proxy = model_proxy(make_proxy)
+    state = proxy.config.state_dir
+    (path_a, label_a), (path_b, label_b) = two_adapters["a"], two_adapters["b"]
+    cat = catalog({"sA": label_a, "sB": label_b})
+    publish(state, "v1", path_a, cat)
+    wait_version(proxy, "v1")
+    row = ask(proxy)
+    assert row["adapter_version"] == "v1" and row["hint_source"] == "model"
+    assert "sA method" in row["hint_text"]
+    assert "sA method" in fake.received[-1]["body"]["messages"][0]["content"]
+
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                with httpx.stream("POST", f"{proxy.base_url}/chat/completions", timeout=30,
+                                  json={"model": "m", "stream": True, "messages": [
+                                      {"role": "user", "content": TASK}]}) as r:
+                    data = b"".join(r.iter_raw())
+                if r.status_code != 200 or not data.endswith(b"data: [DONE]\n\n"):
+                    failures.append(f"{r.status_code} {data[-40:]!r}")
+            except httpx.HTTPError as exc:
+                failures.append(repr(exc))
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for w in workers:
+        w.start()
+    time.sleep(1.0)
+    published = time.monotonic()
+    publish(state, "v2", path_b, cat)
+    time.sleep(max(0.0, 2.0 - (time.monotonic() - published)))
+    row = ask(proxy)  # starts 2 s after publication: must use the new adapter
+    time.sleep(0.5)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert not failures
+    assert row["adapter_version"] == "v2" and "sB method" in row["hint_text"]
+
+
+def test_budget_skips_then_cache_serves(make_proxy: Callable[..., ProxyHandle],
+                                        two_adapters: dict[str, tuple[Path, str]]) -> None:
+    proxy = model_proxy(make_proxy, budget_ms=1)
+    path_a, label_a = two_adapters["a"]
+    publish(proxy.config.state_dir, "v1", path_a, catalog({"sA": label_a}))
+    wait_version(proxy, "v1")
+    start = time.monotonic()
+    row = ask(proxy)
+    assert time.monotonic() - start < 1.0
+    assert row["hint_skip_reason"] == "budget" and row["hint_text"] is None
+    assert row["hint_latency_ms"] < 50
+    time.sleep(1.5)  # the generation finishes in the background and is cached
+    row = ask(proxy)
+    assert row["hint_source"] == "model_cache" and "sA method" in row["hint_text"]
+
+
+def test_fail_open_on_corrupt_adapter_and_recovery(make_proxy: Callable[..., ProxyHandle],
+                                                   two_adapters: dict[str, tuple[Path, str]],
+                                                   tmp_path: Path) -> None:
+    proxy = model_proxy(make_proxy)
+    state = proxy.config.state_dir
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00garbage" * 100)
+    path_a, label_a = two_adapters["a"]
+    cat = catalog({"sA": label_a})
+    publish(state, "v1", bad, cat)
+    time.sleep(1.0)
+    row = ask(proxy)
+    assert row["status"] == 200 and row["hint_text"] is None  # served, unguided
+    health = httpx.get(f"{proxy.url}/healthz").json()["guidance"]
+    assert health["watcher"]["failures"] >= 1 and health["watcher"]["last_error"]
+    publish(state, "v2", path_a, cat)
+    wait_version(proxy, "v2")
+    assert "sA method" in ask(proxy)["hint_text"]
+
+
+def test_missing_model_fails_open(make_proxy: Callable[..., ProxyHandle],
+                                  tmp_path: Path) -> None:
+    proxy = model_proxy(make_proxy, model_path=str(tmp_path / "missing.gguf"))
+    row = ask(proxy)
+    assert row["status"] == 200 and row["hint_skip_reason"] == "model_unavailable"
+    assert ask(proxy, stream=True)["status"] == 200
