@@ -22,6 +22,7 @@ from starlette.routing import Route
 from proxy import routes
 from proxy.config import Config
 from proxy.errors import BadRequest, NotFound, TacticianError
+from proxy.learning import LearnerJobs
 from proxy.litellm_backend import LiteLLMBackend
 from proxy.local_model import LocalModelServer
 from proxy.recorder import Recorder
@@ -76,11 +77,13 @@ def create_app(
         holder["svc"] = svc
         app.state.services = svc
         svc.recorder.start()
+        svc.learner.start()
         if svc.advisor is not None:
             await svc.advisor.start()
         try:
             yield
         finally:
+            svc.learner.stop()
             if svc.advisor is not None:
                 await svc.advisor.close()
             await svc.upstream.aclose()
@@ -162,6 +165,7 @@ def build_services(
         targets=build_targets(config, local_base_url),
         advisor=advisor_factory(config, store, recorder),
         litellm=LiteLLMBackend(config.routes) if config.routes else None,
+        learner=LearnerJobs(config, recorder),
     )
 
 

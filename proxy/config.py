@@ -140,6 +140,8 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     # Directory the config file was read from; relative paths resolve against it.
     base_dir: str = field(default=".", metadata={"internal": True})
+    # The file itself, so the scheduled learner can be given the same config.
+    source_path: str | None = field(default=None, metadata={"internal": True})
 
     @property
     def host(self) -> str:
@@ -284,7 +286,7 @@ def _validate_cron(expr: str) -> None:
 
 def load_config(source: str | Path | dict[str, Any] | None = None) -> Config:
     """Load from a YAML file path, an already-parsed mapping, or nothing (all defaults)."""
-    base_dir = "."
+    base_dir, source_path = ".", None
     if isinstance(source, (str, Path)):
         path = Path(source)
         try:
@@ -293,10 +295,11 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> Config:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         except yaml.YAMLError as exc:
             raise ConfigError(f"invalid YAML in {path}: {exc}") from exc
-        base_dir = str(path.resolve().parent)
+        base_dir, source_path = str(path.resolve().parent), str(path.resolve())
     else:
         raw = dict(source or {})
-    cfg = dataclasses.replace(_build(Config, raw, ""), base_dir=base_dir)
+    cfg = dataclasses.replace(_build(Config, raw, ""), base_dir=base_dir,
+                              source_path=source_path)
     _validate(cfg)
     return typing.cast(Config, cfg)
 

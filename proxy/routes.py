@@ -59,6 +59,7 @@ async def healthz(request: Request) -> Response:
         "status": "ok",
         "recorder": {**asdict(svc.recorder.stats), "queue_depth": svc.recorder.depth},
         "guidance": svc.advisor.stats() if svc.advisor else {"enabled": False},
+        "learner": svc.learner.status(),
     }
     return JSONResponse(body)
 

@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from proxy.calls import Call, Redactor
 from proxy.config import Config
+from proxy.learning import LearnerJobs
 from proxy.litellm_backend import LiteLLMBackend
 from proxy.recorder import Recorder
 from proxy.store import Store
@@ -52,6 +53,7 @@ class Services:
     upstream: Upstream
     redact: Redactor
     targets: dict[str, Target]
+    learner: LearnerJobs
     advisor: Advisor | None = None
     litellm: LiteLLMBackend | None = None
     counters: Counters = field(default_factory=Counters)

@@ -4,13 +4,10 @@ The learner publishes by atomically replacing ``adapters/current.json``; the wat
 polls it, loads the new adapter on its own thread, and swaps it in between two
 generations. A broken adapter is logged and counted and the previous one keeps
 serving; the watcher retries when the file changes again (or after ``retry_s``).
-It also carries learner run records (``runs/*.json``) into the store, since the
-learner may not write the store while the proxy holds it.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import threading
@@ -20,19 +17,15 @@ from typing import Any
 
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import StrategyCatalog
-from proxy.recorder import Recorder
-from proxy.store import Store
 
 log = logging.getLogger("tactician.hints.adapters")
 
 
 class AdapterWatcher:
-    def __init__(self, state_dir: Path, model: SmallModel, recorder: Recorder, *,
+    def __init__(self, state_dir: Path, model: SmallModel, *,
                  poll_s: float, retry_s: float = 30.0) -> None:
         self.adapters = state_dir / "adapters"
-        self.runs = state_dir / "runs"
         self.model = model
-        self.recorder = recorder
         self.poll_s = poll_s
         self.retry_s = retry_s
         self.failures = 0
@@ -56,7 +49,6 @@ class AdapterWatcher:
         while not self._stop.is_set():
             try:
                 self.check()
-                self._ingest_runs()
             except Exception as exc:
                 self.failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
@@ -92,22 +84,6 @@ class AdapterWatcher:
         adapter = self.adapters / info["adapter"]
         catalog = StrategyCatalog.from_json((self.adapters / info["catalog"]).read_text())
         self.model.load(adapter, str(info["version"]), catalog)
-
-    def _ingest_runs(self) -> None:
-        if not self.runs.is_dir():
-            return
-        for path in sorted(self.runs.glob("*.json")):
-            row: dict[str, Any] = json.loads(path.read_text())
-            self.recorder.submit(functools.partial(_insert_run, row=row)).result(30)
-            done = self.runs / "ingested"
-            done.mkdir(exist_ok=True)
-            path.replace(done / path.name)
-
-
-def _insert_run(store: Store, *, row: dict[str, Any]) -> None:
-    exists = store.query("SELECT 1 FROM learner_runs WHERE run_id = ?", [row["run_id"]])
-    if not exists:
-        store.insert("learner_runs", [row])
 
 
 def _stamp(path: Path) -> tuple[float, int] | None:

@@ -64,7 +64,7 @@ class HintEngine:
                 else default_gguf())
         self.model = SmallModel(path, threads=self.cfg.threads,
                                 max_tokens=self.cfg.max_hint_tokens)
-        self.watcher = AdapterWatcher(self.config.state_dir, self.model, self.recorder,
+        self.watcher = AdapterWatcher(self.config.state_dir, self.model,
                                       poll_s=self.cfg.adapter_poll_ms / 1000)
         self.watcher.start()
 

@@ -1,0 +1,90 @@
+"""A real local OpenAI-compatible upstream: llama.cpp's server serving the SmolLM2 GGUF.
+
+This is also the embedded default: with no upstream configured, `python -m proxy`
+starts that server itself and answers offline.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.servers import free_port
+
+MSGS = [{"role": "user", "content": "Say hello in three words."}]
+
+
+@pytest.fixture(scope="module")
+def default_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """`python -m proxy --config` with no upstream: the embedded default."""
+    tmp = tmp_path_factory.mktemp("local")
+    port = free_port()
+    cfg = tmp / "config.yaml"
+    cfg.write_text(f'listen: "127.0.0.1:{port}"\n'
+                   f'store: {{path: "{tmp / "t.duckdb"}"}}\n'
+                   "guidance: {enabled: false}\nlearner: {schedule: null}\n")
+    env = {k: v for k, v in os.environ.items() if k != "TACTICIAN_UPSTREAM_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "--config", str(cfg)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"proxy did not start: {proc.stderr.read() if proc.stderr else ''}")
+            time.sleep(0.2)
+        yield url, tmp / "t.duckdb"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_openai_client_against_embedded_llama_cpp(default_proxy: tuple[str, Path]) -> None:
+    url, _ = default_proxy
+    c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    models = [m.id for m in c.models.list()]
+    assert models and "SmolLM2" in models[0]
+    raw = c.chat.completions.with_raw_response.create(model=models[0], messages=MSGS,
+                                                      max_tokens=12, temperature=0)
+    resp = raw.parse()
+    assert resp.choices[0].message.content and resp.usage and resp.usage.completion_tokens > 0
+    assert raw.headers["x-request-id"]
+    stream = c.chat.completions.create(model=models[0], messages=MSGS, max_tokens=12,
+                                       temperature=0, stream=True)
+    text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+    assert text.strip()
+
+
+def test_stream_through_proxy_matches_direct_shape(default_proxy: tuple[str, Path]) -> None:
+    url, _ = default_proxy
+    body = {"model": "m", "messages": MSGS, "max_tokens": 8, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = b"".join(r.iter_raw())
+    assert raw.rstrip().endswith(b"data: [DONE]")
+
+
+def test_calls_recorded_after_shutdown(default_proxy: tuple[str, Path]) -> None:
+    url, _ = default_proxy
+    httpx.post(f"{url}/v1/embeddings", json={"model": "m", "input": "hello"}, timeout=60)
+    # The store is held by the proxy; the snapshot route is how another process reads.
+    snap = httpx.post(f"{url}/v1/tactician/snapshot", timeout=60).json()["path"]
+    from proxy.store import open_for_reading
+
+    store = open_for_reading(Path(snap))
+    rows = store.query("SELECT endpoint, status, provider FROM calls")
+    assert {r["endpoint"] for r in rows} >= {"/v1/models", "/v1/chat/completions"}
+    assert all(r["provider"] == "openai" for r in rows)
