@@ -16,7 +16,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from proxy.hints.text import STOPWORDS, content_words, jaccard, words
+from proxy.hints.text import content_words, jaccard, words
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 MIN_WORDS = 3
@@ -54,6 +54,10 @@ class StrategyCatalog:
         self._by_id: dict[str, Strategy] = {}
         self._sets: dict[str, set[str]] = {}
         self._exact: dict[str, str] = {}
+        # word -> strategies using it, so matching a new sentence looks only at
+        # strategies that share its rarest words instead of scanning them all.
+        self._postings: dict[str, set[str]] = {}
+        self._labels: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -80,37 +84,49 @@ class StrategyCatalog:
         return sid
 
     def _nearest(self, wordset: set[str]) -> str | None:
+        # Two sentences with Jaccard >= 0.6 share most words, so they share at least
+        # one of the sentence's three rarest words.
+        rare = sorted(wordset, key=lambda w: (len(self._postings.get(w, ())), w))[:3]
+        candidates: set[str] = set().union(*(self._postings.get(w, set()) for w in rare))
         best, best_sim = None, SAME_STRATEGY
-        for sid, other in self._sets.items():
-            sim = jaccard(wordset, other)
+        for sid in sorted(candidates):
+            sim = jaccard(wordset, self._sets[sid])
             if sim >= best_sim:
                 best, best_sim = sid, sim
         return best
 
+    def _index(self, sid: str, wordset: set[str]) -> None:
+        self._sets[sid] = wordset
+        for w in wordset:
+            self._postings.setdefault(w, set()).add(sid)
+
     def _add(self, sentence: str) -> str:
         sid = _sid(sentence)
         self._by_id[sid] = Strategy(sid, sentence, self._unique_label(sentence))
-        self._sets[sid] = set(content_words(sentence))
+        self._index(sid, set(content_words(sentence)))
         return sid
 
     def _unique_label(self, sentence: str) -> str:
-        toks = [w for w in content_words(sentence) if w not in STOPWORDS] or words(sentence)
-        taken = {s.label for s in self._by_id.values()}
+        toks = content_words(sentence) or words(sentence)
+        label = " ".join(toks) + f" {len(self._labels)}"
         for n in range(LABEL_WORDS, len(toks) + 1):
-            label = " ".join(toks[:n])
-            if label not in taken:
-                return label
-        return " ".join(toks) + f" {len(taken)}"
+            if " ".join(toks[:n]) not in self._labels:
+                label = " ".join(toks[:n])
+                break
+        self._labels.add(label)
+        return label
 
     def resolve(self, label: str) -> str | None:
         """Strategy id for a label the small model generated (tolerates small slips)."""
         target = " ".join(words(label))
         if not target:
             return None
+        exact = [s.id for s in self._by_id.values() if s.label == target] \
+            if target in self._labels else []
+        if exact:
+            return exact[0]
         best, best_sim = None, 0.5
         for s in self._by_id.values():
-            if s.label == target:
-                return s.id
             sim = jaccard(set(target.split()), set(s.label.split()))
             if sim > best_sim:
                 best, best_sim = s.id, sim
@@ -125,7 +141,8 @@ class StrategyCatalog:
         for item in json.loads(text):
             s = Strategy(**item)
             cat._by_id[s.id] = s
-            cat._sets[s.id] = set(content_words(s.text))
+            cat._labels.add(s.label)
+            cat._index(s.id, set(content_words(s.text)))
             cat._exact[" ".join(words(s.text))] = s.id
         return cat
 

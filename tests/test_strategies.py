@@ -1,0 +1,70 @@
+"""Recovering strategies from answers, and the evidence that ranks them."""
+
+from __future__ import annotations
+
+import random
+
+from proxy.hints import evidence
+from proxy.hints.evidence import Observation
+from proxy.hints.memory import TaskMemory
+from proxy.hints.strategies import StrategyCatalog, approach_sentence
+from proxy.hints.text import Vectorizer
+
+
+def test_approach_sentence_is_first_real_sentence() -> None:
+    assert approach_sentence("Ok. I used constraint propagation: listed all. Then done.") \
+        == "I used constraint propagation: listed all."
+    assert approach_sentence("") is None and approach_sentence("Hi.") is None
+
+
+def test_catalog_groups_near_identical_approaches_and_labels_uniquely() -> None:
+    cat = StrategyCatalog()
+    a = cat.assign("I used constraint propagation: listed every hard constraint first. X")
+    a2 = cat.assign("I used constraint propagation: listed every hard constraint first!")
+    b = cat.assign("Approach: first-fit greedy, no backtracking.")
+    c = cat.assign("I used constraint propagation on the budget lines, then a table.")
+    assert a == a2 and len({a, b, c}) == 3
+    labels = [s.label for s in cat]
+    assert len(set(labels)) == len(labels)
+    assert cat.resolve(cat.get(a).label) == a  # type: ignore[union-attr]
+    assert cat.resolve("") is None
+    again = StrategyCatalog.from_json(cat.to_json())
+    assert again.resolve(cat.get(b).label) == b  # type: ignore[union-attr]
+    assert again.assign("Approach: first-fit greedy, no backtracking.") == b
+
+
+def test_evidence_prefers_success_and_follows_recent_change() -> None:
+    obs = [Observation("good", 1.0, 0.9, i) for i in range(8)]
+    obs += [Observation("bad", 0.0, 0.9, 10 + i) for i in range(8)]
+    stats = evidence.summarize(obs, half_life=12)
+    assert evidence.best(stats, 3).sid == "good"  # type: ignore[union-attr]
+    # What worked stops working: recent failures outweigh older successes.
+    drift = [Observation("s", 1.0, 0.9, i) for i in range(10)]
+    drift += [Observation("s", 0.0, 0.9, 100 + i) for i in range(6)]
+    drift += [Observation("t", 1.0, 0.9, 50 + i) for i in range(3)]
+    assert evidence.best(evidence.summarize(drift, half_life=4), 3).sid == "t"  # type: ignore[union-attr]
+    assert evidence.best(stats, 100) is None  # too thin
+
+
+def test_thompson_mostly_exploits_but_explores() -> None:
+    stats = evidence.summarize(
+        [Observation("a", 1.0, 1.0, i) for i in range(3)]
+        + [Observation("b", 0.0, 1.0, 10 + i) for i in range(2)], half_life=0)
+    rng = random.Random(1)
+    picks = [evidence.thompson(stats, rng).sid for _ in range(500)]  # type: ignore[union-attr]
+    assert 0.8 < picks.count("a") / 500 < 1.0
+
+
+def test_memory_links_outcomes_early_late_and_by_episode() -> None:
+    vec = Vectorizer(64)
+    mem = TaskMemory(dim=64, capacity=4)
+    mem.set_outcome("r-early", None, 1.0)  # before the call exists
+    mem.add("r-early", "e1", vec.vector("plan the offsite"), "s1")
+    mem.add("r2", "e2", vec.vector("plan the offsite again"), "s2")
+    mem.add("r3", "e2", vec.vector("plan the offsite again"), "s2")  # same episode
+    mem.set_outcome(None, "e2", 0.0)
+    got = {o.sid: o.success for o in mem.neighbours(vec.vector("plan the offsite"), 5, 0.1)}
+    assert got == {"s1": 1.0, "s2": 0.0} and len(mem) == 2
+    for i in range(4):  # capacity 4: the oldest are evicted
+        mem.add(f"n{i}", f"n{i}", vec.vector(f"other {i}"), "s3")
+    assert len(mem) == 4 and not mem.neighbours(vec.vector("plan the offsite"), 5, 0.5)
