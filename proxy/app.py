@@ -21,10 +21,13 @@ from starlette.routing import Route
 
 from proxy import routes
 from proxy.config import Config
+from proxy.dashboard import queries
+from proxy.dashboard.routes import dashboard_routes
 from proxy.errors import BadRequest, NotFound, TacticianError
 from proxy.learning import LearnerJobs
 from proxy.litellm_backend import LiteLLMBackend
 from proxy.local_model import LocalModelServer
+from proxy.metrics import Metrics
 from proxy.recorder import Recorder
 from proxy.redact import build_redactor
 from proxy.relay import Relay
@@ -100,6 +103,8 @@ def create_app(
         Route("/v1/outcomes", routes.post_outcome, methods=["POST"]),
         Route("/v1/tactician/stats", routes.get_stats, methods=["GET"]),
         Route("/v1/tactician/snapshot", routes.post_snapshot, methods=["POST"]),
+        Route("/metrics", routes.get_metrics, methods=["GET"]),
+        *dashboard_routes(),
         Route("/v1/chat/completions", relay("openai", json_body=True, guided=True),
               methods=["POST"]),
         Route("/v1/responses", relay("openai", json_body=True, guided=True), methods=["POST"]),
@@ -156,7 +161,8 @@ def build_services(
         connect_timeout_s=config.upstream.connect_timeout_s,
         transport=transport,
     )
-    return Services(
+    metrics = Metrics()
+    svc = Services(
         config=config,
         store=store,
         recorder=recorder,
@@ -166,7 +172,11 @@ def build_services(
         advisor=advisor_factory(config, store, recorder),
         litellm=LiteLLMBackend(config.routes) if config.routes else None,
         learner=LearnerJobs(config, recorder),
+        metrics=metrics,
     )
+    # The live uplift on /metrics is the dashboard's one-pass version of arm_stats.
+    metrics.track(recorder, svc.adapter_version, lambda: queries.overall(store))
+    return svc
 
 
 def _local_path(config: Config) -> Any:

@@ -51,6 +51,12 @@ class Unauthorized(TacticianError):
     code = "invalid_api_key"
 
 
+class Forbidden(TacticianError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
 class NotFound(TacticianError):
     status = 404
     type = "invalid_request_error"

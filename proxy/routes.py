@@ -1,4 +1,4 @@
-"""Routes that the proxy answers itself: health, outcomes, snapshot, stats.
+"""Routes that the proxy answers itself: health, outcomes, snapshot, stats, metrics.
 
 Routes parse and answer; the decisions live in services and the engine.
 """
@@ -11,6 +11,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -94,3 +95,9 @@ async def get_stats(request: Request) -> Response:
     engine = svc.advisor.stats() if svc.advisor else {"enabled": False}
     report = await asyncio.to_thread(arm_stats, svc.store)
     return JSONResponse({"object": "tactician.stats", "guidance": engine, **report})
+
+
+async def get_metrics(request: Request) -> Response:
+    """Prometheus exposition; open like /healthz (counts and timings, no content)."""
+    body = await asyncio.to_thread(services(request).metrics.render)
+    return Response(body, headers={"content-type": CONTENT_TYPE_LATEST})

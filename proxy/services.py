@@ -11,6 +11,7 @@ from proxy.calls import Call, Redactor
 from proxy.config import Config
 from proxy.learning import LearnerJobs
 from proxy.litellm_backend import LiteLLMBackend
+from proxy.metrics import Metrics
 from proxy.recorder import Recorder
 from proxy.store import Store
 from proxy.upstream import Target, Upstream
@@ -57,6 +58,7 @@ class Services:
     advisor: Advisor | None = None
     litellm: LiteLLMBackend | None = None
     counters: Counters = field(default_factory=Counters)
+    metrics: Metrics = field(default_factory=Metrics)
 
     @property
     def body_limit(self) -> int:
@@ -70,6 +72,13 @@ class Services:
             return None
         return self.litellm if self.litellm.match(call.model) else None
 
+    def adapter_version(self) -> str | None:
+        """The adapter the hint engine is serving, if any."""
+        if self.advisor is None:
+            return None
+        version = self.advisor.stats().get("adapter_version")
+        return str(version) if version else None
+
     async def advise(self, call: Call) -> str | None:
         if self.advisor is None:
             return None
@@ -80,17 +89,20 @@ class Services:
         break serving."""
         self.counters.requests[(call.endpoint, call.status or 0)] += 1
         try:
+            self.metrics.observe(call)
             row = call.to_row(self.redact)
             self.recorder.record("calls", row)
             if self.advisor is not None:
                 self.advisor.observe_call(row)
         except Exception:
             self.counters.record_errors += 1
+            self.metrics.record_errors.inc()
             log.exception("could not record call %s", call.request_id)
 
     def accept_outcome(self, row: dict[str, Any]) -> None:
         self.recorder.record("outcomes", row)
         self.counters.outcomes += 1
+        self.metrics.outcomes.inc()
         if self.advisor is not None:
             try:
                 self.advisor.observe_outcome(row)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -157,7 +158,7 @@ def model_proxy(make_proxy: Callable[..., ProxyHandle], **guidance: object) -> P
                                 "budget_ms": 5000, "adapter_poll_ms": 100, **guidance})
 
 
-def ask(proxy: ProxyHandle, stream: bool = False) -> dict[str, object]:
+def ask(proxy: ProxyHandle, stream: bool = False) -> dict[str, Any]:
     body = {"model": "m", "messages": [{"role": "user", "content": TASK}], "stream": stream}
     r = httpx.post(f"{proxy.base_url}/chat/completions", json=body, timeout=30)
     assert r.status_code == 200

@@ -44,7 +44,8 @@ def default_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
             except httpx.HTTPError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"proxy did not start: {proc.stderr.read() if proc.stderr else ''}")
+                err = proc.stderr.read() if proc.stderr else ""
+                raise RuntimeError(f"proxy did not start: {err}")
             time.sleep(0.2)
         yield url, tmp / "t.duckdb"
     finally:

@@ -24,12 +24,13 @@ _EPISODES = """
 """
 
 
-def _rate(n: int, wins: int) -> dict[str, Any]:
-    rate = wins / n if n else None
-    half = 1.96 * math.sqrt(rate * (1 - rate) / n) if n and rate is not None else None
-    return {"episodes": n, "successes": wins, "success_rate": rate,
-            "ci95": [max(0.0, rate - half), min(1.0, rate + half)]
-            if rate is not None and half is not None else None}
+def rate(n: int, wins: int) -> dict[str, Any]:
+    """Success rate of n episodes with a normal-approximation 95% CI."""
+    p = wins / n if n else None
+    half = 1.96 * math.sqrt(p * (1 - p) / n) if n and p is not None else None
+    return {"episodes": n, "successes": wins, "success_rate": p,
+            "ci95": [max(0.0, p - half), min(1.0, p + half)]
+            if p is not None and half is not None else None}
 
 
 def uplift(guided: tuple[int, int], control: tuple[int, int]) -> dict[str, Any]:
@@ -57,10 +58,10 @@ def arm_stats(store: Store) -> dict[str, Any]:
     )
     guided, control = arms.get("guided", (0, 0)), arms.get("control", (0, 0))
     return {
-        "arms": {arm: _rate(*v) for arm, v in arms.items()},
+        "arms": {arm: rate(*v) for arm, v in arms.items()},
         "uplift": uplift(guided, control),
         "by_adapter_version": [
             {"arm": r["arm"], "adapter_version": r["version"],
-             **_rate(int(r["n"]), int(r["wins"] or 0))} for r in by_version
+             **rate(int(r["n"]), int(r["wins"] or 0))} for r in by_version
         ],
     }
