@@ -1,0 +1,5 @@
+"""``python -m learner``: see learner/cli.py."""
+
+from learner.cli import main
+
+raise SystemExit(main())

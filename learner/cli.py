@@ -1,0 +1,271 @@
+"""``python -m learner {train,rollback,status} --config FILE``.
+
+``train`` runs one cycle: dataset → LoRA (time-bounded) → GGUF → llama.cpp/PEFT agreement
+check → gate → publish. Every run, whatever its end, leaves a run record. Exit status:
+0 when the cycle ran to a decision (promoted, refused, or nothing to do), 1 on failure
+(with one line on stderr saying why), 2 on a bad command line or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from learner import publish
+from learner.dataset import Dataset, load_dataset
+from learner.train import TrainResult, TrainSettings
+from proxy.config import Config, load_config
+from proxy.errors import ConfigError
+
+AGREEMENT_MIN = 0.9
+VERIFY_SAMPLE = 16
+EPOCHS = 3
+SETTINGS = TrainSettings(r=16, alpha=32.0, lr=3e-3, batch_size=4, seed=0)
+
+
+@dataclass
+class Outcome:
+    status: str  # ok | skipped | failed
+    decision: str | None  # promoted | refused | rollback | None
+    version: str | None
+    reason: str
+    exit_code: int = 0
+
+
+@dataclass
+class Cycle:
+    """One training run; ``metrics`` fills in as phases finish, so even a failed run
+    records how far it got."""
+
+    config: Config
+    max_steps: int | None = None  # overrides the planned steps (smoke runs, tests)
+    run_id: str = field(default_factory=publish.new_run_id)
+    started_at: datetime = field(default_factory=publish.now)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def timed(self, name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.monotonic()
+        result = fn()
+        self.metrics.setdefault("seconds", {})[name] = round(time.monotonic() - t0, 3)
+        return result
+
+    def run(self) -> Outcome:
+        cfg = self.config.learner
+        dataset: Dataset = self.timed("dataset", lambda: load_dataset(self.config))
+        self.metrics["counts"] = dataset.stats
+        say(f"dataset: {_counts(dataset)} from {dataset.stats['source']}")
+        if dataset.labelled < cfg.min_examples:
+            return Outcome("skipped", None, None,
+                           f"not enough data: {dataset.labelled} labelled episodes < "
+                           f"learner.min_examples {cfg.min_examples}; nothing to do")
+        work = self.config.state_dir / "work" / self.run_id
+        try:
+            return self._train_and_publish(dataset, base_model(self.config), work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _train_and_publish(self, dataset: Dataset, base: Path, work: Path) -> Outcome:
+        from learner.export_gguf import BaseShape, export_lora_gguf  # noqa: PLC0415
+        from learner.gate import evaluate  # noqa: PLC0415
+
+        result = self.timed("train", lambda: self._train(dataset, base, work / "peft"))
+        gguf = self.timed("export", lambda: export_lora_gguf(
+            result.adapter_dir, BaseShape.from_gguf(base), None, work / "adapter.gguf"))
+        agree = self.timed("verify", lambda: self._verify(dataset, base, gguf, result))
+        if agree < AGREEMENT_MIN:
+            return Outcome("failed", "refused", None,
+                           f"llama.cpp decides like PEFT on only {agree:.0%} of held-out "
+                           f"tasks "
+                           f"(< {AGREEMENT_MIN:.0%}): the GGUF export does not reproduce "
+                           "the trained adapter; not publishing",
+                           exit_code=1)
+        current = publish.read_current(self.config.state_dir)
+        gate = self.timed("gate", lambda: evaluate(
+            base, gguf, dataset, current, tolerance=self.config.learner.tolerance,
+            threads=self.config.guidance.threads,
+            max_tokens=self.config.guidance.max_hint_tokens))
+        self.metrics["gate"] = gate.metrics()
+        if not gate.promote:
+            return Outcome("ok", "refused", None, gate.reason)
+        manifest = self._manifest(dataset, base, gate.reason, gate.rule)
+        version = self.timed("publish", lambda: publish.publish_version(
+            self.config.state_dir, gguf, dataset.catalog.to_json(), manifest,
+            keep=self.config.learner.keep_versions))
+        return Outcome("ok", "promoted", version, gate.reason)
+
+    def _train(self, dataset: Dataset, base: Path, out: Path) -> TrainResult:
+        from dataclasses import replace  # noqa: PLC0415
+
+        from learner.train import train_lora  # noqa: PLC0415
+
+        cfg = self.config.learner
+        steps = self.max_steps or EPOCHS * math.ceil(len(dataset.train) / SETTINGS.batch_size)
+        settings = replace(SETTINGS, max_steps=steps, max_seconds=cfg.max_train_seconds,
+                           num_threads=cfg.threads)
+        result = train_lora(dataset.train, base, out, settings)
+        train_s = result.seconds - result.load_seconds
+        self.metrics["train"] = {
+            "backend": result.backend, "steps": result.steps, "planned_steps": steps,
+            "stop_reason": result.stop_reason, "seconds": round(result.seconds, 3),
+            "load_seconds": round(result.load_seconds, 3),
+            "steps_per_s": round(result.steps / train_s, 4) if train_s > 0 else None,
+            "loss_first": result.losses[0], "loss_last": result.losses[-1],
+            "settings": {k: v for k, v in asdict(settings).items() if k != "cache_dir"},
+        }
+        say(f"trained {result.steps}/{steps} steps in {result.seconds:.0f} s "
+            f"(loss {result.losses[0]:.3f} → {result.losses[-1]:.3f})")
+        return result
+
+    def _verify(self, dataset: Dataset, base: Path, gguf: Path, result: TrainResult) -> float:
+        from learner.gate import serving_agreement  # noqa: PLC0415
+
+        pool = [*dataset.heldout_items, *dataset.replay_items, *dataset.train_items]
+        tasks = list(dict.fromkeys(it.episode.task for it in pool))[:VERIFY_SAMPLE]
+        agree = serving_agreement(base, gguf, result.model, result.tokenizer, tasks,
+                                  dataset.catalog, threads=self.config.guidance.threads,
+                                  max_tokens=self.config.guidance.max_hint_tokens)
+        self.metrics["agreement"] = asdict(agree)
+        say(f"llama.cpp/PEFT agreement on {agree.n} held-out tasks: decisions "
+            f"{agree.decision:.0%}, text {agree.text:.0%}")
+        return agree.decision
+
+    def _manifest(self, dataset: Dataset, base: Path, reason: str, rule: str) -> dict[str, Any]:
+        from learner.basemodel import sha256_file  # noqa: PLC0415
+
+        return {
+            "created_at": publish.now().isoformat(),
+            "run_id": self.run_id,
+            "base_model": {"path": str(base),
+                           "sha256": sha256_file(base, self.config.state_dir / "cache")},
+            "data_window": dataset.stats["window"],
+            "counts": {k: v for k, v in dataset.stats.items() if k != "window"},
+            "metrics": {k: self.metrics.get(k) for k in ("gate", "agreement", "seconds")},
+            "gate": {"decision": "promoted", "reason": reason, "rule": rule},
+            "train": self.metrics.get("train"),
+        }
+
+
+def base_model(config: Config) -> Path:
+    """The GGUF the proxy serves; the adapter is only valid on exactly that base."""
+    if config.guidance.model_path:
+        return config.resolve(config.guidance.model_path)
+    from learner.basemodel import default_base_gguf  # noqa: PLC0415
+
+    return default_base_gguf()
+
+
+def _counts(dataset: Dataset) -> str:
+    s = dataset.stats
+    return (f"{s['episodes']} episodes → {s['train']} train, {s['heldout']} held-out, "
+            f"{s['replay']} replay; {s['strategies']} strategies")
+
+
+def say(message: str) -> None:
+    print(f"learner: {message}", file=sys.stderr, flush=True)
+
+
+def _renice(target: int) -> None:
+    """Run at least ``target`` nice: training must not starve the proxy."""
+    current = os.nice(0)
+    if target > current:
+        os.nice(target - current)
+
+
+def _finish(config: Config, cycle: Cycle, outcome: Outcome) -> int:
+    cycle.metrics["seconds_total"] = round(
+        (publish.now() - cycle.started_at).total_seconds(), 3)
+    row = publish.run_row(cycle.run_id, cycle.started_at, outcome.status,
+                          version=outcome.version, decision=outcome.decision,
+                          reason=outcome.reason, metrics=cycle.metrics)
+    try:
+        publish.record_run(config, row)
+    except OSError as exc:
+        say(f"could not record run {cycle.run_id}: {exc}")
+    head = outcome.decision or outcome.status
+    line = f"{head} {outcome.version}: {outcome.reason}" if outcome.version else \
+        f"{head}: {outcome.reason}"
+    print(line if outcome.exit_code == 0 else f"learner: failed: {line}",
+          file=sys.stdout if outcome.exit_code == 0 else sys.stderr, flush=True)
+    return outcome.exit_code
+
+
+def cmd_train(config: Config, max_steps: int | None = None) -> int:
+    cycle = Cycle(config, max_steps)
+    try:
+        with publish.run_lock(config.state_dir):
+            _renice(config.learner.nice)
+            outcome = cycle.run()
+    except Exception as exc:  # noqa: BLE001 - any failure becomes a run record and one line
+        outcome = Outcome("failed", None, None, f"{type(exc).__name__}: {exc}", exit_code=1)
+    return _finish(config, cycle, outcome)
+
+
+def cmd_rollback(config: Config, max_steps: int | None = None) -> int:
+    cycle = Cycle(config)
+    try:
+        with publish.run_lock(config.state_dir):
+            old, new = publish.rollback(config.state_dir)
+        outcome = Outcome("ok", "rollback", new, f"rolled back from {old} to {new}")
+    except (RuntimeError, OSError) as exc:
+        outcome = Outcome("failed", "rollback", None, str(exc), exit_code=1)
+    return _finish(config, cycle, outcome)
+
+
+def cmd_status(config: Config, max_steps: int | None = None) -> int:
+    state = config.state_dir
+    current = publish.read_current(state)
+    if current is None:
+        print("current: none")
+    else:
+        gate = publish.read_manifest(state, current.version).get("gate", {})
+        print(f"current: {current.version} ({gate.get('reason', '')})")
+    print(f"versions: {', '.join(publish.versions(state)) or 'none'}")
+    runs = publish.recent_runs(state)
+    print("runs:" if runs else "runs: none")
+    for r in runs:
+        print(f"  {r['run_id']}  {r['status']:<7} {r.get('decision') or '-':<9} "
+              f"{r.get('version') or '-':<8} {r.get('reason') or ''}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Config, int | None], int]] = {
+    "train": cmd_train, "rollback": cmd_rollback, "status": cmd_status,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m learner",
+                                     description="Tactician's learner: train, gate, publish.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("train", "run one training cycle"),
+                            ("rollback", "point current.json at the previous version"),
+                            ("status", "show the current version and recent runs")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--config", required=True, help="the proxy's YAML config file")
+        if name == "train":
+            cmd.add_argument("--max-steps", type=_positive, default=None,
+                             help="train at most this many steps (default: 3 epochs); "
+                                  "learner.max_train_seconds still applies")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"learner: {exc}", file=sys.stderr)
+        return 2
+    return COMMANDS[args.command](config, getattr(args, "max_steps", None))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
