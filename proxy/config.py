@@ -70,11 +70,12 @@ class GuidanceConfig:
     holdout: float = 0.1
     task_source: Literal["first_user", "last_user"] = "first_user"
     cache_size: int = 4096
-    similar_k: int = 40
+    similar_k: int = 200
     min_similarity: float = 0.2
-    min_evidence: int = 3
-    half_life: float = 12.0
-    explore: float = 0.05
+    min_evidence: int = 10
+    half_life: float = 250.0
+    optimism: float = 0.2
+    explore: float = 0.0
     memory_size: int = 50_000
     threads: int = 1
     max_hint_tokens: int = 12

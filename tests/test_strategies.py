@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
 from proxy.hints import evidence
 from proxy.hints.evidence import Observation
 from proxy.hints.memory import TaskMemory
@@ -36,23 +34,23 @@ def test_catalog_groups_near_identical_approaches_and_labels_uniquely() -> None:
 def test_evidence_prefers_success_and_follows_recent_change() -> None:
     obs = [Observation("good", 1.0, 0.9, i) for i in range(8)]
     obs += [Observation("bad", 0.0, 0.9, 10 + i) for i in range(8)]
-    stats = evidence.summarize(obs, half_life=12)
+    stats = evidence.summarize(obs, now=20, half_life=250)
     assert evidence.best(stats, 3).sid == "good"  # type: ignore[union-attr]
+    assert evidence.best(stats, 100) is None  # too thin
     # What worked stops working: recent failures outweigh older successes.
     drift = [Observation("s", 1.0, 0.9, i) for i in range(10)]
     drift += [Observation("s", 0.0, 0.9, 100 + i) for i in range(6)]
-    drift += [Observation("t", 1.0, 0.9, 50 + i) for i in range(3)]
-    assert evidence.best(evidence.summarize(drift, half_life=4), 3).sid == "t"  # type: ignore[union-attr]
-    assert evidence.best(stats, 100) is None  # too thin
+    drift += [Observation("t", 1.0, 0.9, 90 + i) for i in range(3)]
+    assert evidence.best(evidence.summarize(drift, now=106, half_life=10), 3).sid == "t"  # type: ignore[union-attr]
 
 
-def test_thompson_mostly_exploits_but_explores() -> None:
-    stats = evidence.summarize(
-        [Observation("a", 1.0, 1.0, i) for i in range(3)]
-        + [Observation("b", 0.0, 1.0, 10 + i) for i in range(2)], half_life=0)
-    rng = random.Random(1)
-    picks = [evidence.thompson(stats, rng).sid for _ in range(500)]  # type: ignore[union-attr]
-    assert 0.8 < picks.count("a") / 500 < 1.0
+def test_thin_promising_evidence_is_retried_until_firm() -> None:
+    obs = [Observation("main", float(i % 2), 1.0, i) for i in range(40)]  # 50 %
+    once = evidence.summarize([*obs, Observation("new", 1.0, 1.0, 40)], 41, 250)
+    assert evidence.best(once, 3, optimism=0.2).sid == "new"  # type: ignore[union-attr]
+    then_failed = obs + [Observation("new", float(i == 0), 1.0, 40 + i) for i in range(5)]
+    stats = evidence.summarize(then_failed, 45, 250)
+    assert evidence.best(stats, 3, optimism=0.2).sid == "main"  # type: ignore[union-attr]
 
 
 def test_memory_links_outcomes_early_late_and_by_episode() -> None:

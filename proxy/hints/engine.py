@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
-import random
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -21,12 +19,11 @@ from typing import Any
 
 from proxy.calls import Call
 from proxy.config import Config
-from proxy.hints import evidence
 from proxy.hints.adapters import AdapterWatcher
 from proxy.hints.llm import SmallModel
-from proxy.hints.memory import TaskMemory
+from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
-from proxy.hints.text import Vectorizer, normalize
+from proxy.hints.text import normalize
 from proxy.models import default_gguf
 from proxy.recorder import Recorder
 from proxy.store import Store
@@ -42,10 +39,7 @@ class HintEngine:
         self.config = config
         self.store = store
         self.recorder = recorder
-        self.vectorizer = Vectorizer(512)
-        self.memory = TaskMemory(dim=512, capacity=self.cfg.memory_size)
-        self.catalog = StrategyCatalog()
-        self.rng = random.Random(self.cfg.seed)
+        self.recommender = Recommender(self.cfg)
         self.model: SmallModel | None = None
         self.watcher: AdapterWatcher | None = None
         # Labels are cached by the worker thread's callback and read on the event loop.
@@ -85,31 +79,27 @@ class HintEngine:
                ORDER BY c.started_at DESC LIMIT ?""",
             [self.cfg.memory_size],
         )
+        rec = self.recommender
         for row in reversed(rows):
-            self._remember(row["request_id"], row["episode_id"], row["task_text"],
-                           row["response_text"])
+            rec.observe_call(row["request_id"], row["episode_id"], row["task_text"],
+                             row["response_text"])
             value = _outcome_value(row["success"], row["score"])
             if value is not None:
-                self.memory.set_outcome(row["request_id"], None, value)
-        log.info("hint memory: %d tasks, %d strategies", len(self.memory), len(self.catalog))
+                rec.observe_outcome(row["request_id"], None, value)
+        log.info("hint memory: %d tasks, %d strategies", len(rec.memory), len(rec.catalog))
 
     # -- observations --------------------------------------------------------------
     def observe_call(self, row: dict[str, Any]) -> None:
         if row.get("status") != 200 or not row.get("task_text"):
             return
-        self._remember(row["request_id"], row["episode_id"], row["task_text"],
-                       row.get("response_text"))
-
-    def _remember(self, request_id: str, episode_id: str, task: str,
-                  response: str | None) -> None:
-        sid = self.catalog.assign(response)
-        if sid is not None:
-            self.memory.add(request_id, episode_id, self.vectorizer.vector(task), sid)
+        self.recommender.observe_call(row["request_id"], row["episode_id"],
+                                      row["task_text"], row.get("response_text"))
 
     def observe_outcome(self, row: dict[str, Any]) -> None:
         value = _outcome_value(row.get("success"), row.get("score"))
         if value is not None:
-            self.memory.set_outcome(row.get("request_id"), row.get("episode_id"), value)
+            self.recommender.observe_outcome(row.get("request_id"), row.get("episode_id"),
+                                             value)
 
     # -- advice --------------------------------------------------------------------
     async def advise(self, call: Call) -> str | None:
@@ -151,30 +141,16 @@ class HintEngine:
         if not task:
             g["hint_skip_reason"] = "no_task"
             return None
-        stats: dict[str, evidence.StrategyStats] = {}
         if self.cfg.mode != "model":
-            obs = self.memory.neighbours(self.vectorizer.vector(task), self.cfg.similar_k,
-                                         self.cfg.min_similarity)
-            stats = evidence.summarize(obs, self.cfg.half_life)
-            if stats:
-                labels = {sid: s.label for sid in stats if (s := self.catalog.get(sid))}
-                g["hint_stats"] = json.dumps({
-                    "summary": evidence.describe(stats, labels),
-                    "strategies": {labels.get(k, k): [v.wins, v.n] for k, v in stats.items()},
-                })
-        if self.cfg.mode != "model" and evidence.best(stats, self.cfg.min_evidence):
-            return self._from_evidence(call, stats)
+            rec = self.recommender.recommend(task)
+            g["hint_stats"] = rec.stats_json
+            if rec.strategy is not None:
+                g["hint_source"] = rec.source
+                return rec.strategy
         if self.cfg.mode == "retrieval":
             g["hint_skip_reason"] = "thin_evidence"
             return None
         return await self._from_model(call, task, start)
-
-    def _from_evidence(self, call: Call, stats: dict[str, evidence.StrategyStats]
-                       ) -> Strategy | None:
-        explore = self.rng.random() < self.cfg.explore
-        pick = evidence.least_tried(stats) if explore else evidence.thompson(stats, self.rng)
-        call.guidance["hint_source"] = "explore" if explore else "retrieval"
-        return self.catalog.get(pick.sid) if pick else None
 
     async def _from_model(self, call: Call, task: str, start: float) -> Strategy | None:
         g = call.guidance
@@ -231,8 +207,8 @@ class HintEngine:
             "enabled": True,
             "mode": self.cfg.mode,
             "adapter_version": loaded.version if loaded else None,
-            "memory_tasks": len(self.memory),
-            "strategies": len(self.catalog),
+            "memory_tasks": len(self.recommender.memory),
+            "strategies": len(self.recommender.catalog),
             "hints": dict(self.counters),
             "watcher": self.watcher.status() if self.watcher else None,
         }

@@ -8,8 +8,10 @@ that stay the same.
 
 from __future__ import annotations
 
-import random
+import math
 from dataclasses import dataclass
+
+PRIOR_STRENGTH = 2.0  # pseudo-observations at the neighbourhood's success rate
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,17 @@ class StrategyStats:
         return (self.weighted_wins + 1.0) / (self.weight + 2.0)
 
 
-def summarize(observations: list[Observation], half_life: float) -> dict[str, StrategyStats]:
+def summarize(observations: list[Observation], now: int,
+              half_life: float) -> dict[str, StrategyStats]:
+    """Per-strategy evidence; an outcome ``half_life`` tasks old counts half.
+
+    Age is measured in tasks seen by the whole memory, not in neighbours, so a strategy
+    that was tried long ago for this kind of task keeps little weight: its evidence is
+    stale, and the optimism bonus below will try it again.
+    """
     stats: dict[str, StrategyStats] = {}
-    ranked = sorted(observations, key=lambda o: o.seq, reverse=True)
-    for rank, obs in enumerate(ranked):
-        w = obs.similarity * 0.5 ** (rank / half_life) if half_life > 0 else obs.similarity
+    for obs in observations:
+        w = 0.5 ** ((now - obs.seq) / half_life) if half_life > 0 else 1.0
         s = stats.setdefault(obs.sid, StrategyStats(obs.sid))
         s.n += 1
         s.wins += obs.success
@@ -47,28 +55,33 @@ def summarize(observations: list[Observation], half_life: float) -> dict[str, St
     return stats
 
 
-def best(stats: dict[str, StrategyStats], min_evidence: int) -> StrategyStats | None:
-    """The strategy with the best evidence, or None when the evidence is too thin."""
+def best(stats: dict[str, StrategyStats], min_evidence: int,
+         optimism: float = 0.0) -> StrategyStats | None:
+    """The strategy to recommend, or None when the evidence is too thin to act on.
+
+    Each strategy's success is estimated with a prior centred on the neighbourhood's
+    overall success rate (so a strategy's first few outcomes move it only part of the
+    way), plus an optimism bonus that shrinks as its recency-weighted evidence grows: a
+    strategy that did well the few times it was tried, or whose evidence has gone
+    stale, is tried again until its evidence is firm. That is how a better approach is
+    discovered and a change in what works is followed.
+    """
     if sum(s.n for s in stats.values()) < min_evidence:
         return None
     tried = [s for s in stats.values() if s.n > 0]
-    return max(tried, key=lambda s: (s.mean, s.n, s.sid)) if tried else None
-
-
-def thompson(stats: dict[str, StrategyStats], rng: random.Random) -> StrategyStats | None:
-    """Sample each strategy's success from its posterior and take the best draw: it
-    exploits strong evidence and still tries strategies whose evidence is thin."""
-    if not stats:
+    if not tried:
         return None
-    draws = {
-        sid: rng.betavariate(s.weighted_wins + 1.0, s.weight - s.weighted_wins + 1.0)
-        for sid, s in stats.items()
-    }
-    return stats[max(draws, key=lambda k: (draws[k], k))]
+    total = sum(s.weight for s in tried)
+    base = (sum(s.weighted_wins for s in tried) + 1.0) / (total + 2.0)
 
+    def mean(s: StrategyStats) -> float:
+        return (s.weighted_wins + PRIOR_STRENGTH * base) / (s.weight + PRIOR_STRENGTH)
 
-def least_tried(stats: dict[str, StrategyStats]) -> StrategyStats | None:
-    return min(stats.values(), key=lambda s: (s.n, s.sid)) if stats else None
+    def score(s: StrategyStats) -> tuple[float, int, str]:
+        bonus = optimism * math.sqrt(math.log(total + 1.0) / (s.weight + 1.0))
+        return (mean(s) + bonus, s.n, s.sid)
+
+    return max(tried, key=score)
 
 
 def describe(stats: dict[str, StrategyStats], labels: dict[str, str], limit: int = 4) -> str:

@@ -44,6 +44,11 @@ class TaskMemory:
         self._vectors = np.zeros((self.capacity, self.dim), dtype=np.float32)
         self._slots = [None] * self.capacity
 
+    @property
+    def seq(self) -> int:
+        """How many tasks the memory has seen: the clock evidence ages by."""
+        return self._seq
+
     def __len__(self) -> int:
         return sum(1 for s in self._slots if s is not None)
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from proxy.hints.text import content_words, jaccard, words
 
@@ -62,7 +62,7 @@ class StrategyCatalog:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Strategy]:
         return iter(self._by_id.values())
 
     def get(self, sid: str) -> Strategy | None:

@@ -1,0 +1,76 @@
+"""Memory-based recommendation: which strategy worked for tasks like this one.
+
+Pure and synchronous (no I/O, no model), so the engine calls it on the event loop in
+well under a millisecond, and it can be replayed offline over a task stream.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+from proxy.config import GuidanceConfig
+from proxy.hints import evidence
+from proxy.hints.memory import TaskMemory
+from proxy.hints.strategies import Strategy, StrategyCatalog
+from proxy.hints.text import Vectorizer
+
+VECTOR_DIM = 512
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    strategy: Strategy | None
+    source: str | None  # "retrieval" | "explore" | None when the evidence is thin
+    stats_json: str | None  # the evidence, as recorded on the call
+
+
+class Recommender:
+    def __init__(self, cfg: GuidanceConfig) -> None:
+        self.cfg = cfg
+        self.vectorizer = Vectorizer(VECTOR_DIM)
+        self.memory = TaskMemory(dim=VECTOR_DIM, capacity=cfg.memory_size)
+        self.catalog = StrategyCatalog()
+        self.rng = random.Random(cfg.seed)
+
+    def observe_call(self, request_id: str, episode_id: str, task: str,
+                     response: str | None) -> None:
+        sid = self.catalog.assign(response)
+        if sid is not None:
+            self.memory.add(request_id, episode_id, self.vectorizer.vector(task), sid)
+
+    def observe_outcome(self, request_id: str | None, episode_id: str | None,
+                        value: float) -> None:
+        self.memory.set_outcome(request_id, episode_id, value)
+
+    def recommend(self, task: str) -> Recommendation:
+        obs = self.memory.neighbours(self.vectorizer.vector(task), self.cfg.similar_k,
+                                     self.cfg.min_similarity)
+        stats = evidence.summarize(obs, self.memory.seq, self.cfg.half_life)
+        stats_json = self._stats_json(stats) if stats else None
+        best = evidence.best(stats, self.cfg.min_evidence, self.cfg.optimism)
+        if best is None:
+            return Recommendation(None, None, stats_json)
+        if self.rng.random() < self.cfg.explore:
+            pick = self._least_tried(stats)
+            if pick is not None:
+                return Recommendation(pick, "explore", stats_json)
+        return Recommendation(self.catalog.get(best.sid), "retrieval", stats_json)
+
+    def _least_tried(self, stats: dict[str, evidence.StrategyStats]) -> Strategy | None:
+        """A strategy known anywhere but least tried on tasks like this one: how a
+        better approach than the current best gets discovered, and how a change in
+        what works gets noticed."""
+        known = [s for s in self.catalog if s.count > 0]
+        if not known:
+            return None
+        return min(known, key=lambda s: (stats[s.id].n if s.id in stats else 0,
+                                         self.rng.random()))
+
+    def _stats_json(self, stats: dict[str, evidence.StrategyStats]) -> str:
+        labels = {sid: s.label for sid in stats if (s := self.catalog.get(sid))}
+        return json.dumps({
+            "summary": evidence.describe(stats, labels),
+            "strategies": {labels.get(k, k): [v.wins, v.n] for k, v in stats.items()},
+        })
