@@ -95,7 +95,10 @@ class TaskMemory:
 
     def neighbours(self, vec: Vector, k: int, min_similarity: float) -> list[Observation]:
         with self._lock:
-            sims = self._vectors @ vec
+            # Only the filled rows: the matrix is allocated at full capacity up front.
+            sims = self._vectors[: min(self._seq, self.capacity)] @ vec
+            if len(sims) == 0:
+                return []
             top = min(len(sims), 8 * k)
             candidates = np.argpartition(-sims, top - 1)[:top] if top < len(sims) else \
                 np.arange(len(sims))
