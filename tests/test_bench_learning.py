@@ -1,0 +1,138 @@
+"""End to end: the learning benchmark's harness on a tiny world, through the real proxy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.harness.processes import last_line, proxy_config, run_learner
+from bench.learning import main, scale_world
+from bench.sim import parse_world
+
+TINY_WORLD = """
+name: tiny
+seed: 5
+compliance: 0.9
+agent_system_prompt: "You are a helpful office agent."
+strategies:
+  - id: careful
+    names: ["careful double check", "double-check everything"]
+    says: ["I did a careful double check of every item before answering."]
+  - id: hasty
+    names: ["hasty single pass", "one quick pass"]
+    says: ["I made a hasty single pass over the items and answered."]
+families:
+  - id: audit
+    domain: finance
+    templates: ["Audit the {month} receipts of {team}."]
+    slots:
+      month: ["March", "June", "October"]
+      team: ["sales", "legal", "facilities"]
+    prior: {hasty: 0.7, careful: 0.3}
+    success: {careful: 0.9, hasty: 0.2}
+  - id: rota
+    domain: planning
+    turns: 2
+    templates: ["Build the on-call rota for {team} over {weeks} weeks."]
+    slots:
+      team: ["the helpdesk", "the data team", "ops"]
+      weeks: ["two", "four"]
+    prior: {hasty: 0.6, careful: 0.4}
+    success: {careful: 0.8, hasty: 0.3}
+phases:
+  - name: first
+    days: 1
+    requests: 40
+    mix: {audit: 1, rota: 1}
+  - name: second
+    days: 1
+    requests: 40
+    mix: {audit: 1, rota: 1}
+    changes:
+      rota: {success: {hasty: 0.85, careful: 0.3}}
+"""
+
+# Every metric name of WORLD_SPEC.md, "The metrics".
+SPEC_METRICS = (
+    "control_success", "guided_success", "uplift", "coverage", "accuracy", "transfer",
+    "retention", "adaptation", "hint_latency_ms", "retrain_seconds",
+)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_bench(tmp_path: Path, *extra: str) -> dict[str, Any]:
+    world = tmp_path / "tiny.yaml"
+    world.write_text(TINY_WORLD, encoding="utf-8")
+    out, png = tmp_path / "report.json", tmp_path / "curves.png"
+    argv = ["--world", str(world), "--out", str(out), "--plot", str(png), *extra]
+    assert main(argv) == 0
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    report: dict[str, Any] = json.loads(out.read_text(encoding="utf-8"))
+    return report
+
+
+def assert_complete(report: dict[str, Any]) -> None:
+    metrics = report["metrics"]
+    scopes = [metrics["overall"], *metrics["phases"].values()]
+    assert list(metrics["phases"]) == ["first", "second"]
+    for scope in scopes:
+        assert set(SPEC_METRICS) <= scope.keys()
+        for name in ("control_success", "guided_success"):
+            assert 0.0 <= scope[name] <= 1.0
+    assert report["arms"]["control"]["errors"] == 0
+    assert report["arms"]["guided"]["errors"] == 0
+    assert report["command"].startswith("python -m bench.learning --world ")
+
+
+def test_retrieval_only_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = run_bench(tmp_path, "--guidance", "retrieval-only")
+    assert_complete(report)
+    second = report["metrics"]["phases"]["second"]
+    assert second["coverage"] > 0
+    assert second["tasks"] == 40 and second["hint_latency_ms"]["calls"] > 40  # rota: 2 turns
+    assert report["metrics"]["overall"]["adaptation"].keys() == {"rota@second"}
+    # The control arm never hints and never trains; retrieval-only needs no learner.
+    assert report["arms"]["control"]["named"] == 0
+    assert [r["status"] for r in report["retrain"]] == ["skipped", "skipped"]
+    assert report["metrics"]["overall"]["retrain_seconds"] == []
+    printed = capsys.readouterr().out
+    assert "guided_success" in printed and "reproduce: python -m bench.learning" in printed
+
+
+def test_both_runs_the_learner_after_each_day(tmp_path: Path) -> None:
+    # 8 tasks a phase: under learner.min_examples, so each nightly job ends quickly.
+    report = run_bench(tmp_path, "--guidance", "both", "--scale", "0.2")
+    assert_complete(report)
+    runs = report["retrain"]
+    assert [(r["phase"], r["day"]) for r in runs] == [("first", 0), ("second", 1)]
+    for run in runs:
+        assert run["status"] == "ok", run
+        assert run["exit_code"] == 0 and run["seconds"] > 0 and run["last_line"]
+    assert len(report["metrics"]["overall"]["retrain_seconds"]) == 2
+    assert report["arms"]["guided"]["proxy_stats"]["guidance"]["mode"] == "both"
+
+
+def test_scale_keeps_days_and_at_least_one_task_a_day() -> None:
+    world = scale_world(parse_world(TINY_WORLD), 0.01)
+    assert [(p.days, p.requests) for p in world.phases] == [(1, 1), (1, 1)]
+    assert len(world.stream()) == 2
+
+
+def test_proxy_config_carries_no_world_knowledge(tmp_path: Path) -> None:
+    config = json.dumps(proxy_config(tmp_path, 8000, "http://127.0.0.1:9/v1", "retrieval"))
+    for word in ("careful", "hasty", "audit", "rota", "finance", "tiny"):
+        assert word not in config
+    assert '"holdout": 0.0' in config and '"schedule": null' in config
+
+
+def test_a_failing_learner_is_reported(tmp_path: Path) -> None:
+    status, code, seconds = run_learner(tmp_path / "missing.yaml", tmp_path / "l.log", 120)
+    assert status == "failed" and code not in (0, None) and seconds > 0
+    assert last_line((tmp_path / "l.log").read_text())
+
+
+def test_last_line_skips_progress_redraws() -> None:
+    assert last_line("a\n 10%|#\r100%|##\r\n\n") == "100%|##"
