@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         port=config.port,
         log_level=config.logging.level.lower(),
         access_log=False,  # access lines would carry query strings; the store has the calls
+        proxy_headers=False,  # X-Forwarded-* is never trusted here; parsing it costs time
         timeout_graceful_shutdown=30,
     )
     return 0

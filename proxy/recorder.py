@@ -198,10 +198,10 @@ class Recorder:
     def _replay_spill(self) -> None:
         """Move spilled rows into the store. Rename first so new spills go elsewhere."""
         with self._spill_lock:
-            if not self.spill_path.exists():
-                return
-            work = self.spill_path.with_name(f"spill.{time.time_ns()}.replay")
-            self.spill_path.replace(work)
+            if self.spill_path.exists():
+                work = self.spill_path.with_name(f"spill.{time.time_ns()}.replay")
+                self.spill_path.replace(work)
+        # Leftovers too: a crash may have interrupted an earlier replay.
         for leftover in sorted(self.spill_path.parent.glob("spill.*.replay")):
             self._replay_file(leftover)
 
@@ -217,10 +217,27 @@ class Recorder:
                 self.stats.write_errors += 1
                 continue
             pending.setdefault(item["table"], []).append(_revive(item["row"]))
-        self._flush(pending)
         self.stats.replayed += sum(len(v) for v in pending.values())
+        for table, rows in pending.items():
+            pending[table] = self._not_yet_stored(table, rows)
+        self._flush(pending)
         path.unlink()
 
+    def _not_yet_stored(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A crash between inserting a replayed file and deleting it would replay it
+        twice; rows already in the store are skipped."""
+        key = _KEYS[table]
+        ids = [r[key] for r in rows if r.get(key)]
+        if not ids:
+            return rows
+        found = self.store.query(
+            f"SELECT {key} FROM {table} WHERE {key} IN (SELECT unnest(?::VARCHAR[]))", [ids])
+        seen = {r[key] for r in found}
+        return [r for r in rows if r.get(key) not in seen]
+
+
+
+_KEYS = {"calls": "request_id", "outcomes": "outcome_id", "learner_runs": "run_id"}
 
 
 def _json_default(value: Any) -> Any:

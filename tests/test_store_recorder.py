@@ -173,3 +173,21 @@ def _wait_up(port: int) -> None:
         except httpx.HTTPError:
             time.sleep(0.1)
     raise RuntimeError("proxy did not start")
+
+
+def test_replay_after_a_crash_does_not_duplicate(tmp_path: Path) -> None:
+    """A crash after a replayed spill file was inserted but before it was deleted."""
+    store = Store(tmp_path / "s.duckdb")
+    store.insert("calls", [row(1), row(2)])
+    replay = tmp_path / "state" / "spill.123.replay"
+    replay.parent.mkdir(parents=True)
+    stamp = "2026-01-01T00:00:00+00:00"
+    lines = [json.dumps({"table": "calls", "row": {**row(i), "started_at": stamp}})
+             for i in (1, 2, 3)]
+    replay.write_text("\n".join(lines) + "\n")
+    rec = Recorder(store, queue_size=10, batch_size=5, flush_interval_s=0.01,
+                   spill_path=tmp_path / "state" / "spill.jsonl")
+    rec.start()
+    rec.stop()
+    ids = [r["request_id"] for r in store.query("SELECT request_id FROM calls ORDER BY 1")]
+    assert ids == ["r1", "r2", "r3"] and not replay.exists()
