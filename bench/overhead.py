@@ -8,7 +8,7 @@ Each round runs every arm at every open-loop rate (default 50, 200 and 500 req/s
 streams at ``--stream-rates``, and concurrency 1, in a shuffled order, so drift on a
 shared machine hits all arms alike. Added latency is an arm's percentile minus the
 direct arm's at the same rate. A ramp then finds the rate at which errors start
-(docs/benchmarks-overhead.md explains every number and how to read it).
+(docs/benchmarks.md explains every number and how to read it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Smoke runs of the overhead and fault benchmarks: small, but end to end through real
 processes (mock upstream, ``python -m proxy``), checking that the reports are sane.
-LiteLLM is left out here: its proxy needs its own virtualenv (docs/benchmarks-overhead.md).
+LiteLLM is left out here: its proxy needs its own virtualenv (docs/benchmarks.md).
 """
 
 from __future__ import annotations
