@@ -1,9 +1,9 @@
 """Outcome evidence per strategy among similar past tasks.
 
-Recent outcomes weigh more than old ones (by rank among the neighbours, so a rarely
-seen kind of task does not lose its memory just because other traffic went by), which
-lets the recommendation follow a change in what works without forgetting kinds of task
-that stay the same.
+Recent outcomes weigh more than old ones (aged by how many tasks the memory has seen
+since), which lets the recommendation follow a change in what works. A kind of task
+that stays the same is not forgotten: its old evidence still points the same way, with
+less weight, and the optimism bonus re-checks it.
 """
 
 from __future__ import annotations
