@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from proxy.hints import evidence
 from proxy.hints.evidence import Observation
 from proxy.hints.memory import TaskMemory
@@ -51,6 +53,30 @@ def test_thin_promising_evidence_is_retried_until_firm() -> None:
     then_failed = obs + [Observation("new", float(i == 0), 1.0, 40 + i) for i in range(5)]
     stats = evidence.summarize(then_failed, 45, 250)
     assert evidence.best(stats, 3, optimism=0.2).sid == "main"  # type: ignore[union-attr]
+
+
+def test_sudden_drop_is_detected_and_the_alternative_retried() -> None:
+    """What worked (6 in 7) starts failing (2 in 5): with a 250-task half-life its long
+    record would keep it on top for a long time; the change detector instead discounts
+    everything before the drop, and the optimism bonus re-tries the alternative."""
+    before = [Observation("s", float(i % 7 != 0), 0.9, i) for i in range(40)]
+    before += [Observation("t", float(i % 5 < 2), 0.9, 40 + i) for i in range(10)]
+    after = [Observation("s", float(i % 5 < 2), 0.9, 50 + i) for i in range(12)]
+    assert evidence.change_point(before) is None
+    assert evidence.best(evidence.summarize(before, 50, 250), 3, 0.2).sid == "s"  # type: ignore[union-attr]
+    since = evidence.change_point(before + after)
+    assert since is not None and 50 <= since <= 53
+    stats = evidence.summarize(before + after, 62, 250)
+    assert evidence.best(stats, 3, 0.2).sid == "t"  # type: ignore[union-attr]
+
+
+def test_change_detector_rarely_fires_on_a_steady_rate() -> None:
+    fired = 0
+    for seed in range(100):
+        rng = random.Random(seed)
+        steady = [Observation("s", float(rng.random() < 0.7), 0.9, i) for i in range(100)]
+        fired += evidence.change_point(steady) is not None
+    assert fired <= 10  # measured: 5 in 100
 
 
 def test_memory_links_outcomes_early_late_and_by_episode() -> None:

@@ -1,9 +1,15 @@
 """Outcome evidence per strategy among similar past tasks.
 
 Recent outcomes weigh more than old ones (aged by how many tasks the memory has seen
-since), which lets the recommendation follow a change in what works. A kind of task
+since), which lets the recommendation follow a slow change in what works. A kind of task
 that stays the same is not forgotten: its old evidence still points the same way, with
 less weight, and the optimism bonus re-checks it.
+
+A sudden change (the strategy that used to work now fails much more often) is detected
+outright: when one strategy's outcomes among the neighbours split into an earlier and a
+later run whose success rates differ by a likelihood ratio too large for chance, every
+outcome before the split counts for little, for all strategies, since what they said
+was measured in a world that has changed. The optimism bonus then re-tries the others.
 """
 
 from __future__ import annotations
@@ -12,6 +18,13 @@ import math
 from dataclasses import dataclass
 
 PRIOR_STRENGTH = 2.0  # pseudo-observations at the neighbourhood's success rate
+# Change detection. Chosen by replaying three worlds over six seeds each (mean adaptation
+# 0.70 -> 0.81 and 0.59 -> 0.80, accuracy and uplift unchanged or better); a threshold
+# of 3 or runs of 4 fire on noise in stable kinds of task and cost accuracy there.
+CHANGE_MIN_RUN = 6  # outcomes needed on each side of a split
+CHANGE_MIN_DROP = 0.2  # only a drop in success this large is a change worth acting on
+CHANGE_LLR = 4.0  # log-likelihood ratio of "two rates" over "one rate"
+STALE_WEIGHT = 0.2  # what an outcome from before a detected change still counts for
 
 
 @dataclass(frozen=True)
@@ -45,14 +58,54 @@ def summarize(observations: list[Observation], now: int,
     stale, and the optimism bonus below will try it again.
     """
     stats: dict[str, StrategyStats] = {}
+    since = change_point(observations)
     for obs in observations:
         w = 0.5 ** ((now - obs.seq) / half_life) if half_life > 0 else 1.0
+        if since is not None and obs.seq < since:
+            w *= STALE_WEIGHT
         s = stats.setdefault(obs.sid, StrategyStats(obs.sid))
         s.n += 1
         s.wins += obs.success
         s.weight += w
         s.weighted_wins += w * obs.success
     return stats
+
+
+def change_point(observations: list[Observation]) -> int | None:
+    """The ``seq`` from which some strategy's success dropped beyond chance, or None.
+
+    For each strategy with enough outcomes, every split of its outcomes (in time order)
+    into two runs of at least ``CHANGE_MIN_RUN`` is scored by the Bernoulli
+    log-likelihood ratio; the strongest split that is a drop of ``CHANGE_MIN_DROP`` or
+    more and clears ``CHANGE_LLR`` wins. O(n) per strategy with prefix sums.
+    """
+    by_sid: dict[str, list[Observation]] = {}
+    for obs in observations:
+        by_sid.setdefault(obs.sid, []).append(obs)
+    found: tuple[float, int] | None = None
+    for runs in by_sid.values():
+        n = len(runs)
+        if n < 2 * CHANGE_MIN_RUN:
+            continue
+        runs.sort(key=lambda o: o.seq)
+        prefix = [0.0]
+        for obs in runs:
+            prefix.append(prefix[-1] + obs.success)
+        whole = _log_likelihood(prefix[-1], n)
+        for k in range(CHANGE_MIN_RUN, n - CHANGE_MIN_RUN + 1):
+            before, after = prefix[k], prefix[-1] - prefix[k]
+            if after / (n - k) > before / k - CHANGE_MIN_DROP:
+                continue
+            llr = _log_likelihood(before, k) + _log_likelihood(after, n - k) - whole
+            if llr > CHANGE_LLR and (found is None or llr > found[0]):
+                found = (llr, runs[k].seq)
+    return found[1] if found else None
+
+
+def _log_likelihood(wins: float, n: int) -> float:
+    """Bernoulli log-likelihood of ``wins`` in ``n`` at its own best rate."""
+    p = min(max(wins / n, 1e-9), 1.0 - 1e-9)
+    return wins * math.log(p) + (n - wins) * math.log(1.0 - p)
 
 
 def best(stats: dict[str, StrategyStats], min_evidence: int,

@@ -1,0 +1,141 @@
+"""Wall time of one nightly learner run on N recorded trajectories.
+
+    python -m bench.learner_time [--world FILE] [--trajectories 2000] [--out F] [--keep]
+
+Records N tasks of a world (default office-ops) through the real proxy (``python -m
+proxy``, guided, retrieval-only), with their outcomes posted to the webhook, so the store
+holds exactly what a deployment's would. Then, with that proxy still serving, it runs
+``python -m learner train --config <the proxy's yaml>`` once, as the nightly job does,
+and reports the job's wall time, the phase breakdown from its run record (dataset, train,
+export, verify, gate, publish) and what the training managed within its time budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from bench.harness.agent import Agent, ArmResult
+from bench.harness.processes import ProxyProcess, last_line, run_learner, tail
+from bench.sim import load_world
+from bench.sim.server import SimServer
+from bench.sim.world import World
+from learner import publish
+from proxy.config import load_config
+
+DEFAULT_WORLD = Path(__file__).resolve().parents[2] / "shared/bench/worlds/office-ops.yaml"
+TARGET_S = 600.0  # issue #4: a nightly run on 2,000 trajectories on 2 CPU cores
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.learner_time", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", type=Path, default=DEFAULT_WORLD)
+    parser.add_argument("--trajectories", type=int, default=2000,
+                        help="tasks (episodes) to record before the run")
+    parser.add_argument("--timeout", type=float, default=3600.0,
+                        help="seconds before the learner job is killed")
+    parser.add_argument("--out", type=Path, default=None, help="write the result as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the store and logs")
+    return parser.parse_args(argv)
+
+
+def sized(world: World, trajectories: int) -> World:
+    """The world's phases scaled so the stream holds about ``trajectories`` tasks."""
+    total = sum(p.requests for p in world.phases)
+    scale = trajectories / total
+    phases = tuple(replace(p, requests=max(p.days, round(p.requests * scale)))
+                   for p in world.phases)
+    return replace(world, phases=phases)
+
+
+def record(world: World, proxy: ProxyProcess, server: SimServer) -> ArmResult:
+    result = ArmResult("guided", "retrieval")
+    agent = Agent(server, proxy, result)
+    for task in tqdm(server.tasks, unit="task", desc="recording", dynamic_ncols=True):
+        agent.run(task)
+    proxy.drain()
+    return result
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    world = sized(load_world(args.world), args.trajectories)
+    with SimServer(world) as server, \
+            ProxyProcess(workdir / "proxy", server.base_url, "retrieval") as proxy:
+        recorded = record(world, proxy, server)
+        log_path = workdir / "learner.log"
+        print("learner: running python -m learner train (progress in "
+              f"{log_path})", file=sys.stderr, flush=True)
+        status, code, seconds = run_learner(proxy.config_path, log_path, args.timeout)
+        config = load_config(proxy.config_path)
+        runs = publish.recent_runs(config.state_dir, limit=1)
+    run = runs[0] if runs else {}
+    metrics = json.loads(run.get("metrics") or "{}")  # stored as JSON text
+    return {
+        "world": world.name,
+        "trajectories": len(server.tasks),
+        "recording_errors": len(recorded.errors),
+        "learner": {"status": status, "exit_code": code, "wall_seconds": round(seconds, 1),
+                    "last_line": last_line(tail(log_path))},
+        "phases_seconds": metrics.get("seconds", {}),
+        "counts": metrics.get("counts", {}),
+        "train": metrics.get("train", {}),
+        "gate": metrics.get("gate", {}),
+        "agreement": metrics.get("agreement", {}),
+        "decision": run.get("decision"),
+        "target_seconds": TARGET_S,
+    }
+
+
+def print_summary(result: dict[str, Any], command: str) -> None:
+    job = result["learner"]
+    train = result["train"]
+    print(f"\nnightly learner on {result['trajectories']} recorded trajectories "
+          f"({result['world']}): {job['status']} in {job['wall_seconds']:.0f} s "
+          f"(target <= {result['target_seconds']:.0f} s)")
+    for phase, seconds in result["phases_seconds"].items():
+        print(f"  {phase:8s} {seconds:8.1f} s")
+    if train:
+        print(f"  training: {train.get('steps')}/{train.get('planned_steps')} steps, "
+              f"stopped by {train.get('stop_reason')}, {train.get('steps_per_s')} steps/s, "
+              f"loss {train.get('loss_first'):.3f} -> {train.get('loss_last'):.3f}")
+    gate = result["gate"]
+    if gate:
+        print(f"  gate: new {gate['new']}, retrieval {gate['retrieval']}")
+    print(f"  decision: {result['decision']}; {job['last_line'][:160]}")
+    print(f"reproduce: {command}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="tactician-learner-time-"))
+    start = time.perf_counter()
+    try:
+        result = measure(args, workdir)
+    finally:
+        if args.keep:
+            print(f"store and logs kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    result["wall_seconds"] = round(time.perf_counter() - start, 1)
+    command = shlex.join(["python", "-m", "bench.learner_time", *argv])
+    result["command"] = command
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print_summary(result, command)
+    return 0 if result["learner"]["status"] == "ok" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
