@@ -30,6 +30,12 @@ AGREEMENT_MIN = 0.9
 VERIFY_SAMPLE = 16
 EPOCHS = 3
 SETTINGS = TrainSettings(r=16, alpha=32.0, lr=3e-3, batch_size=4, seed=0)
+MIN_TRAIN_SECONDS = 60.0  # below this an adapter learns nothing worth gating
+# Time left after training, beyond scoring the new adapter: export, the llama.cpp/PEFT
+# agreement check (a PEFT label takes ~0.5 s on one thread) and slack for noise.
+VERIFY_SECONDS_PER_TASK = 1.0
+SLACK_SECONDS = 15.0
+EVAL_MARGIN = 1.25  # the new adapter may run a little slower than the baseline did
 
 
 @dataclass
@@ -50,6 +56,7 @@ class Cycle:
     max_steps: int | None = None  # overrides the planned steps (smoke runs, tests)
     run_id: str = field(default_factory=publish.new_run_id)
     started_at: datetime = field(default_factory=publish.now)
+    started: float = field(default_factory=time.monotonic)
     metrics: dict[str, Any] = field(default_factory=dict)
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
@@ -75,9 +82,14 @@ class Cycle:
 
     def _train_and_publish(self, dataset: Dataset, base: Path, work: Path) -> Outcome:
         from learner.export_gguf import BaseShape, export_lora_gguf  # noqa: PLC0415
-        from learner.gate import evaluate  # noqa: PLC0415
+        from learner.gate import evaluate, score_baseline  # noqa: PLC0415
 
-        result = self.timed("train", lambda: self._train(dataset, base, work / "peft"))
+        g = self.config.guidance
+        baseline = self.timed("baseline", lambda: score_baseline(
+            base, dataset, publish.read_current(self.config.state_dir), threads=g.threads,
+            max_tokens=g.max_hint_tokens))
+        budget = self._train_budget(baseline.eval_seconds)
+        result = self.timed("train", lambda: self._train(dataset, base, work / "peft", budget))
         gguf = self.timed("export", lambda: export_lora_gguf(
             result.adapter_dir, BaseShape.from_gguf(base), None, work / "adapter.gguf"))
         agree = self.timed("verify", lambda: self._verify(dataset, base, gguf, result))
@@ -88,11 +100,9 @@ class Cycle:
                            f"(< {AGREEMENT_MIN:.0%}): the GGUF export does not reproduce "
                            "the trained adapter; not publishing",
                            exit_code=1)
-        current = publish.read_current(self.config.state_dir)
         gate = self.timed("gate", lambda: evaluate(
-            base, gguf, dataset, current, tolerance=self.config.learner.tolerance,
-            threads=self.config.guidance.threads,
-            max_tokens=self.config.guidance.max_hint_tokens))
+            base, gguf, dataset, baseline, tolerance=self.config.learner.tolerance,
+            threads=g.threads, max_tokens=g.max_hint_tokens))
         self.metrics["gate"] = gate.metrics()
         if not gate.promote:
             return Outcome("ok", "refused", None, gate.reason)
@@ -102,14 +112,29 @@ class Cycle:
             keep=self.config.learner.keep_versions))
         return Outcome("ok", "promoted", version, gate.reason)
 
-    def _train(self, dataset: Dataset, base: Path, out: Path) -> TrainResult:
+    def _train_budget(self, eval_seconds: float) -> float:
+        """Seconds training may take so the whole run fits ``learner.max_run_seconds``."""
+        cfg = self.config.learner
+        reserve = (EVAL_MARGIN * eval_seconds + VERIFY_SAMPLE * VERIFY_SECONDS_PER_TASK
+                   + SLACK_SECONDS)
+        left = cfg.max_run_seconds - (time.monotonic() - self.started) - reserve
+        budget = min(cfg.max_train_seconds, max(MIN_TRAIN_SECONDS, left))
+        self.metrics["budget"] = {"run_seconds": cfg.max_run_seconds,
+                                  "eval_seconds": round(eval_seconds, 1),
+                                  "reserve_seconds": round(reserve, 1),
+                                  "train_seconds": round(budget, 1)}
+        say(f"training budget {budget:.0f} s (run budget {cfg.max_run_seconds:.0f} s, "
+            f"{reserve:.0f} s kept for export, verification and the gate)")
+        return budget
+
+    def _train(self, dataset: Dataset, base: Path, out: Path, budget: float) -> TrainResult:
         from dataclasses import replace  # noqa: PLC0415
 
         from learner.train import train_lora  # noqa: PLC0415
 
         cfg = self.config.learner
         steps = self.max_steps or EPOCHS * math.ceil(len(dataset.train) / SETTINGS.batch_size)
-        settings = replace(SETTINGS, max_steps=steps, max_seconds=cfg.max_train_seconds,
+        settings = replace(SETTINGS, max_steps=steps, max_seconds=budget,
                            num_threads=cfg.threads)
         result = train_lora(dataset.train, base, out, settings)
         train_s = result.seconds - result.load_seconds
@@ -148,7 +173,8 @@ class Cycle:
                            "sha256": sha256_file(base, self.config.state_dir / "cache")},
             "data_window": dataset.stats["window"],
             "counts": {k: v for k, v in dataset.stats.items() if k != "window"},
-            "metrics": {k: self.metrics.get(k) for k in ("gate", "agreement", "seconds")},
+            "metrics": {k: self.metrics.get(k)
+                        for k in ("gate", "agreement", "seconds", "budget")},
             "gate": {"decision": "promoted", "reason": reason, "rule": rule},
             "train": self.metrics.get("train"),
         }

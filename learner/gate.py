@@ -19,6 +19,7 @@ Rule:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ RULE = (
     "tolerance is the reference, recorded)"
 )
 HELDOUT_MAX = 300
+PROBE_TASKS = 8
 
 
 @dataclass(frozen=True)
@@ -202,24 +204,74 @@ def decide(new: Scores, current: Scores | None, retrieval: Scores,
     return False, f"worse than current on {worse}: {verdict}"
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """What serves now, scored before training, and how long scoring one adapter on the
+    evaluation sets takes on this machine: the time training must leave for the gate."""
+
+    scores: Scores | None
+    version: str | None
+    broken: str  # why the current adapter could not be scored, or ""
+    eval_seconds: float
+
+
+def eval_tasks(dataset: Dataset) -> list[str]:
+    heldout, replay = eval_sets(dataset)
+    return list(dict.fromkeys(it.episode.task for it in [*heldout, *replay]))
+
+
+def score_baseline(
+    base_gguf: Path, dataset: Dataset, current: Current | None, *, threads: int,
+    max_tokens: int,
+) -> Baseline:
+    broken = ""
+    if current is not None:
+        start = time.monotonic()
+        try:
+            catalog = StrategyCatalog.from_json(current.catalog.read_text(encoding="utf-8"))
+            scores = adapter_scores(base_gguf, current.adapter, catalog, dataset,
+                                    threads=threads, max_tokens=max_tokens,
+                                    name=current.version)
+            return Baseline(scores, current.version, "", time.monotonic() - start)
+        except (OSError, ValueError, RuntimeError) as exc:
+            # What cannot be loaded cannot be serving well: judge the new one alone.
+            broken = f"current {current.version} unusable ({type(exc).__name__}: {exc}); "
+    return Baseline(None, current.version if current else None, broken,
+                    probe_eval_seconds(base_gguf, dataset, threads=threads,
+                                       max_tokens=max_tokens))
+
+
+def probe_eval_seconds(base_gguf: Path, dataset: Dataset, *, threads: int,
+                       max_tokens: int) -> float:
+    """Scoring time for one adapter, extrapolated from the bare model on a few of the
+    evaluation tasks (it runs to the token limit more often than a trained adapter, so
+    this errs long)."""
+    from proxy.hints.llm import SmallModel  # noqa: PLC0415 - loads llama.cpp
+
+    tasks = eval_tasks(dataset)
+    if not tasks:
+        return 0.0
+    sample = tasks[:PROBE_TASKS]
+    model = SmallModel(base_gguf, threads=threads, max_tokens=max_tokens)
+    start = time.monotonic()
+    try:
+        model.load(None, "probe", dataset.catalog)
+        loaded = time.monotonic()
+        for task in sample:
+            model.submit(task).result()
+        per_task = (time.monotonic() - loaded) / len(sample)
+    finally:
+        model.close()
+    return (loaded - start) + per_task * len(tasks)
+
+
 def evaluate(
-    base_gguf: Path, new_adapter: Path, dataset: Dataset, current: Current | None, *,
+    base_gguf: Path, new_adapter: Path, dataset: Dataset, baseline: Baseline, *,
     tolerance: float, threads: int, max_tokens: int,
 ) -> GateResult:
     new = adapter_scores(base_gguf, new_adapter, dataset.catalog, dataset, threads=threads,
                          max_tokens=max_tokens, name="new")
-    cur_scores, broken = None, ""
-    if current is not None:
-        try:
-            catalog = StrategyCatalog.from_json(current.catalog.read_text(encoding="utf-8"))
-            cur_scores = adapter_scores(base_gguf, current.adapter, catalog, dataset,
-                                        threads=threads, max_tokens=max_tokens,
-                                        name=current.version)
-        except (OSError, ValueError, RuntimeError) as exc:
-            # What cannot be loaded cannot be serving well: judge the new one alone.
-            broken = f"current {current.version} unusable ({type(exc).__name__}: {exc}); "
     retrieval = retrieval_scores(dataset)
-    promote, reason = decide(new, cur_scores, retrieval, tolerance)
-    reason = broken + reason
-    return GateResult(promote, reason, new, cur_scores,
-                      current.version if current else None, retrieval, tolerance)
+    promote, reason = decide(new, baseline.scores, retrieval, tolerance)
+    return GateResult(promote, baseline.broken + reason, new, baseline.scores,
+                      baseline.version, retrieval, tolerance)

@@ -112,6 +112,9 @@ class LocalModelConfig:
 @dataclass(frozen=True)
 class LearnerConfig:
     schedule: str | None = "0 3 * * *"
+    # The whole nightly job; training gets what is left after the evaluation it must
+    # leave time for (measured on this machine at the start of the run).
+    max_run_seconds: float = 600.0
     max_train_seconds: float = 600.0
     threads: int = 1
     nice: int = 10
@@ -276,6 +279,9 @@ def _validate(cfg: Config) -> None:
             re.compile(pattern)
         except re.error as exc:
             raise ConfigError(f"store.redact.patterns[{i}]: {exc}") from exc
+    if cfg.learner.max_run_seconds <= 0 or cfg.learner.max_train_seconds <= 0:
+        raise ConfigError("learner.max_run_seconds and learner.max_train_seconds must be "
+                          "positive")
     if cfg.learner.schedule:
         _validate_cron(cfg.learner.schedule)
 

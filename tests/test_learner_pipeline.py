@@ -276,6 +276,22 @@ def test_too_little_data_is_a_clean_noop(tmp_path: Path) -> None:
     assert rows == [{"status": "skipped"}]
 
 
+def test_training_gets_what_the_run_budget_leaves(tmp_path: Path) -> None:
+    from learner.cli import MIN_TRAIN_SECONDS, SLACK_SECONDS, VERIFY_SAMPLE, Cycle
+
+    def budget(run_s: float, train_s: float, elapsed: float, eval_s: float) -> float:
+        config = load_config({"learner": {"max_run_seconds": run_s,
+                                          "max_train_seconds": train_s}})
+        cycle = Cycle(config, started=time.monotonic() - elapsed)
+        return cycle._train_budget(eval_s)
+
+    reserve = 1.25 * 40 + VERIFY_SAMPLE * 1.0 + SLACK_SECONDS
+    assert budget(600, 600, 30, 40) == pytest.approx(600 - 30 - reserve, abs=1)
+    assert budget(600, 100, 30, 40) == 100  # max_train_seconds still caps it
+    assert budget(100, 600, 90, 40) == MIN_TRAIN_SECONDS  # overrun rather than learn nothing
+    assert budget(100, 20, 90, 40) == 20
+
+
 def test_bad_config_is_a_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("learner: {max_train_secs: 3}\n")
@@ -317,6 +333,9 @@ def test_train_publishes_an_adapter_that_names_the_best_strategy(
     assert run["decision"] == "promoted" and run["version"] == "v000001"
     metrics = json.loads(run["metrics"])
     assert metrics["gate"]["new"]["heldout"] >= ACCURACY_BAR
+    # No adapter served yet: evaluation time was probed with the bare model.
+    assert metrics["seconds"]["baseline"] > 0 and metrics["budget"]["eval_seconds"] > 0
+    assert metrics["budget"]["train_seconds"] <= 300  # learner.max_train_seconds
     store = Store(world.config.store_path, read_only=True)
     try:
         rows = store.query("SELECT decision FROM learner_runs WHERE run_id = ?",
@@ -373,6 +392,8 @@ def test_gate_refuses_a_worse_adapter_through_the_snapshot_route(
     assert run["decision"] == "refused" and run["version"] is None
     assert metrics["counts"]["source"] == "snapshot" and metrics["train"]["steps"] == 1
     assert metrics["gate"]["current_version"] == "v000001"
+    assert metrics["budget"]["eval_seconds"] == pytest.approx(metrics["seconds"]["baseline"],
+                                                              abs=0.2)
     assert metrics["gate"]["new"]["heldout"] < metrics["gate"]["current"]["heldout"]
     assert not list((world.config.state_dir / "snapshots").glob("*.duckdb*"))
     assert ingested.is_file()
