@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 from bench.harness.agent import ArmResult, ArmSpec, run_arm
 from bench.harness.report import metrics_json, plot, summary_table
 from bench.sim import load_world
-from bench.sim.metrics import ArmLog, Latency, Report, compute, percentile
+from bench.sim.metrics import (
+    ArmLog,
+    Latency,
+    Report,
+    compute,
+    percentile,
+    reachable_accuracy,
+)
 from bench.sim.server import SimServer
 from bench.sim.world import World
 
@@ -129,6 +136,7 @@ def build_report(args: argparse.Namespace, argv: list[str], world: World,
         "guidance": args.guidance,
         "scale": args.scale,
         "metrics": metrics_json(report),
+        "reachable_accuracy": reachable_accuracy(world),
         "retrain": retrain_json(results),
         "arms": {name: arm_json(r) for name, r in results.items()},
         "wall_seconds": round(wall, 1),
@@ -143,6 +151,9 @@ def print_summary(data: dict[str, Any], report: Report) -> None:
     print(f"\nworld {data['world']}  guidance {data['guidance']}  scale {data['scale']}  "
           f"wall {data['wall_seconds']:.0f} s")
     print(summary_table(report))
+    reach = "  ".join(f"{k} {v:.2f}" for k, v in data["reachable_accuracy"].items())
+    print(f"(not a spec metric) accuracy reachable by naming only strategies the model has "
+          f"used unprompted: {reach}")
     runs = [run for run in data["retrain"] if run["status"] != "skipped"]
     if data["retrain"] and not runs:
         print("learner: not run (the proxy never loads an adapter in retrieval-only; "

@@ -85,6 +85,9 @@ def assert_complete(report: dict[str, Any]) -> None:
     assert report["arms"]["control"]["errors"] == 0
     assert report["arms"]["guided"]["errors"] == 0
     assert report["command"].startswith("python -m bench.learning --world ")
+    reach = report["reachable_accuracy"]
+    assert list(reach) == ["first", "second", "overall"]
+    assert all(0.0 <= v <= 1.0 for v in reach.values())
 
 
 def test_retrieval_only_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from bench.sim import World, world_from_data
-from bench.sim.metrics import ArmLog, NightlyJob, compute, percentile
+from bench.sim.metrics import ArmLog, NightlyJob, compute, percentile, reachable_accuracy
 from bench.sim.model import TaskRecord
 
 # One family per phase so every task's family is known without the hash:
@@ -145,3 +145,10 @@ def test_empty_and_degenerate_inputs(world: World) -> None:
     assert percentile([5.0], 0.95) == 5.0
     with pytest.raises(ValueError, match="lacks"):
         compute(world, ArmLog([replace(record(world, 3, None, True), index=99)]), ArmLog([]))
+
+
+def test_reachable_accuracy_counts_only_best_strategies_the_model_has_used() -> None:
+    # f1's best (a) is in no prior until f3 arrives in p3; f2's and f3's never are.
+    world = world_from_data(WORLD)
+    assert reachable_accuracy(world) == {"p1": 0.0, "p2": 0.0, "p3": 0.0, "p4": 1.0,
+                                         "overall": 0.25}

@@ -253,3 +253,23 @@ def compute(world: World, control: ArmLog, guided: ArmLog) -> Report:
     )
     phases = tuple(phase_metrics(run, p) for p in range(len(world.phases)))
     return Report(world=world.name, overall=overall_metrics(run), phases=phases)
+
+
+def reachable_accuracy(world: World) -> dict[str, float]:
+    """Not a spec metric; context for reading ``accuracy``. Per phase and overall, the
+    share of tasks whose best strategy the model has by then used unprompted somewhere
+    (it is in the prior of a family seen so far). Nothing learned from traffic can name
+    a strategy the model never used, so at full coverage this caps accuracy."""
+    stream = world.stream()
+    seen: set[str] = set()
+    out: dict[str, float] = {}
+    hits = total = 0
+    for phase in world.phases:
+        tasks = [t for t in stream if t.phase == phase.name]
+        for family in {t.family for t in tasks}:
+            seen |= {s for s, p in world.tables(family, phase.name).prior.items() if p > 0}
+        ok = sum(bool(world.best_strategies(t.family, t.phase) & seen) for t in tasks)
+        out[phase.name] = ok / len(tasks) if tasks else 0.0
+        hits, total = hits + ok, total + len(tasks)
+    out["overall"] = hits / total if total else 0.0
+    return out
