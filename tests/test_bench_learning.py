@@ -139,3 +139,24 @@ def test_a_failing_learner_is_reported(tmp_path: Path) -> None:
 
 def test_last_line_skips_progress_redraws() -> None:
     assert last_line("a\n 10%|#\r100%|##\r\n\n") == "100%|##"
+
+
+@pytest.mark.slow
+def test_learner_time_records_then_times_one_nightly_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import learner_time
+
+    world = tmp_path / "tiny.yaml"
+    world.write_text(TINY_WORLD, encoding="utf-8")
+    out = tmp_path / "time.json"
+    argv = ["--world", str(world), "--trajectories", "80", "--out", str(out)]
+    assert learner_time.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["trajectories"] == 80 and result["recording_errors"] == 0
+    assert result["learner"]["status"] == "ok" and result["decision"] == "promoted"
+    assert list(result["phases_seconds"]) == ["dataset", "baseline", "train", "export",
+                                              "verify", "gate", "publish"]
+    assert 0 < result["learner"]["wall_seconds"] <= 600  # learner.max_run_seconds
+    assert result["train"]["steps"] >= 1 and result["counts"]["episodes"] == 80
+    assert "reproduce: python -m bench.learner_time" in capsys.readouterr().out
