@@ -13,6 +13,7 @@ import random
 import string
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,7 @@ def publish_random_adapter(state_dir: Path) -> None:
     """A random LoRA with a catalog of the mock's approaches, published as the learner
     does, so guidance mode "both" really runs the small model on novel tasks."""
     from learner.export_gguf import BaseShape, export_lora_gguf
+    from learner.publish import publish_version
     from proxy.hints.strategies import StrategyCatalog
     from proxy.models import default_gguf
 
@@ -109,16 +111,14 @@ def publish_random_adapter(state_dir: Path) -> None:
             tensors[f"{prefix}.{proj}.lora_A.weight"] = rng.normal(0, 0.08, (rank, cols))
             tensors[f"{prefix}.{proj}.lora_B.weight"] = rng.normal(0, 0.08, (rows, rank))
     arrays = {k: v.astype(np.float32) for k, v in tensors.items()}
-    version = state_dir / "adapters" / "v000001"
-    export_lora_gguf(arrays, BaseShape.from_gguf(default_gguf()), float(rank),
-                     version / "adapter.gguf")
     catalog = StrategyCatalog()
     for sentence in APPROACHES:
         catalog.assign(sentence)
-    (version / "catalog.json").write_text(catalog.to_json())
-    (state_dir / "adapters" / "current.json").write_text(json.dumps(
-        {"version": "v000001", "adapter": "v000001/adapter.gguf",
-         "catalog": "v000001/catalog.json"}))
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = export_lora_gguf(arrays, BaseShape.from_gguf(default_gguf()), float(rank),
+                                Path(tmp) / "adapter.gguf")
+        publish_version(state_dir, gguf, catalog.to_json(),
+                        {"source": "bench: random LoRA, not trained"}, keep=1)
 
 
 def code_version() -> dict[str, Any]:
