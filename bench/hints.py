@@ -27,19 +27,11 @@ import openai
 
 from bench.harness.processes import ProxyProcess, last_line, run_learner, tail
 from bench.sim import load_world
+from bench.sim.metrics import percentile
 from bench.sim.server import SimServer
 from proxy.store import open_for_reading
 
 DEFAULT_WORLD = Path(__file__).resolve().parents[2] / "shared/bench/worlds/office-ops.yaml"
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def timed_call(client: openai.OpenAI, system: str | None, text: str) -> tuple[float, str]:

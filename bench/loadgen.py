@@ -23,6 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.http1 import parse_headers
+from bench.sim.metrics import percentile as fraction_percentile
+
 CLIENT_TIMEOUT_S = 10.0
 # One bearer key for every target: the LiteLLM proxy requires its master key, the mock
 # and Tactician pass it through unchecked.
@@ -134,7 +137,7 @@ async def _exchange(conn: _Conn, req: Request, sample: Sample) -> bool:
     head = await conn.reader.readuntil(b"\r\n\r\n")
     status_line, _, block = head.partition(b"\r\n")
     sample.status = int(status_line.split(b" ", 2)[1])
-    headers = _headers(block)
+    headers = parse_headers(block)
     sample.request_id = headers.get("x-request-id")
     if "content-length" in headers:
         size = int(headers["content-length"])
@@ -164,15 +167,6 @@ async def _read_chunked(reader: asyncio.StreamReader, req: Request, sample: Samp
                 sample.error = "hung up"
                 return False
         parts.append(data[:-2])
-
-
-def _headers(block: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in block.decode("latin-1").split("\r\n"):
-        name, sep, value = line.partition(":")
-        if sep:
-            out[name.strip().lower()] = value.strip()
-    return out
 
 
 @dataclass
@@ -230,14 +224,9 @@ async def closed_loop(port: int, make: Callable[[int], Request], concurrency: in
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    """``q`` in percent; NaN for no values, so it rounds and formats like a number."""
+    value = fraction_percentile(values, q / 100)
+    return math.nan if value is None else value
 
 
 def summarize(samples: Sequence[Sample], seconds: float | None = None) -> dict[str, Any]:

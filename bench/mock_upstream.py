@@ -37,6 +37,9 @@ from collections import Counter
 from pathlib import Path
 from typing import IO
 
+from bench.http1 import parse_headers
+from proxy.local_model import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APPROACHES = (
     "I listed the constraints first and then solved each one in order.",
@@ -110,7 +113,7 @@ class MockUpstream:
         head = await reader.readuntil(b"\r\n\r\n")
         request_line, _, header_block = head.partition(b"\r\n")
         method, path, _ = request_line.decode("latin-1").split(" ", 2)
-        headers = _parse_headers(header_block)
+        headers = parse_headers(header_block)
         body = await _read_body(reader, headers)
         keep = headers.get("connection", "").lower() != "close"
         if path.endswith("/chat/completions") and method == "POST":
@@ -176,15 +179,6 @@ class MockUpstream:
         return True
 
 
-def _parse_headers(block: bytes) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in block.decode("latin-1").split("\r\n"):
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    return headers
-
-
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
     if "content-length" in headers:
         return await reader.readexactly(int(headers["content-length"]))
@@ -210,13 +204,6 @@ def install_uvloop() -> str:
 
 
 # -- local subprocesses ------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:
     """Resident memory of a process and all its descendants (LiteLLM may fork)."""

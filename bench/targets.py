@@ -21,7 +21,8 @@ import numpy as np
 import yaml
 
 from bench.loadgen import BENCH_KEY
-from bench.mock_upstream import APPROACHES, REPO_ROOT, Service, free_port
+from bench.mock_upstream import APPROACHES, REPO_ROOT, Service
+from proxy.local_model import free_port
 from proxy.store import open_for_reading
 
 SYSTEM_PROMPT = (

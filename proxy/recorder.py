@@ -236,7 +236,6 @@ class Recorder:
         return [r for r in rows if r.get(key) not in seen]
 
 
-
 _KEYS = {"calls": "request_id", "outcomes": "outcome_id", "learner_runs": "run_id"}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -20,18 +19,13 @@ from typing import Any, Self
 import httpx
 import yaml
 
+from proxy.local_model import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0  # "both"/"model" load the small model before the proxy listens
 STOP_TIMEOUT_S = 40.0  # above the proxy's 30 s graceful shutdown
 DRAIN_TIMEOUT_S = 60.0
 LOG_TAIL_CHARS = 2000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def proxy_config(directory: Path, port: int, upstream: str, mode: str | None) -> dict[str, Any]:
