@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from bench.harness.processes import drain
 from bench.loadgen import Request, Run, Sample, build_request, open_loop, run_sync
 from bench.mock_upstream import REPO_ROOT, Service, install_uvloop, mock_service
 from bench.recorder_load import recorder_checks
@@ -146,20 +147,6 @@ def wrong_answers(samples: list[Sample]) -> Counter[str]:
         if s.status != status or (s.error is None) != complete:
             wrong[f"{s.tag}: {s.status}/{s.error}"] += 1
     return wrong
-
-
-def drain(url: str, timeout_s: float = 60.0) -> dict[str, Any]:
-    """Wait until the recorder wrote everything it was given (spilled rows included)."""
-    deadline = time.monotonic() + timeout_s
-    rec: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        rec = httpx.get(url + "/healthz", timeout=10).json()["recorder"]
-        done = rec["written"] + rec["dropped"] + rec["write_errors"]
-        if rec["queue_depth"] == 0 and done >= rec["enqueued"] \
-                and rec["replayed"] >= rec["spilled"]:
-            break
-        time.sleep(0.2)
-    return rec
 
 
 def check_ids(checks: Checks, label: str, samples: list[Sample], db: Path,

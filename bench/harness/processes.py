@@ -28,6 +28,22 @@ DRAIN_TIMEOUT_S = 60.0
 LOG_TAIL_CHARS = 2000
 
 
+def drain(url: str, timeout_s: float = DRAIN_TIMEOUT_S) -> dict[str, Any]:
+    """Wait until a proxy's recorder has written everything it was given, spilled rows
+    included; its last ``/healthz`` recorder counters."""
+    deadline = time.monotonic() + timeout_s
+    recorder: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        recorder = httpx.get(url + "/healthz", timeout=10).json().get("recorder", {})
+        # An empty queue is not enough: the writer batches rows it has dequeued.
+        settled = sum(recorder.get(k, 0) for k in ("written", "dropped", "write_errors"))
+        if (recorder.get("queue_depth", 0) == 0 and settled >= recorder.get("enqueued", 0)
+                and recorder.get("replayed", 0) >= recorder.get("spilled", 0)):
+            break
+        time.sleep(0.1)
+    return recorder
+
+
 def proxy_config(directory: Path, port: int, upstream: str, mode: str | None) -> dict[str, Any]:
     """The proxy's YAML config; ``mode`` None turns guidance off (the control arm).
 
@@ -126,14 +142,7 @@ class ProxyProcess:
     def drain(self) -> None:
         """Wait until the recorder has written every call and outcome, so the learner's
         snapshot holds the whole day."""
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while time.monotonic() < deadline:
-            recorder = self._http.get("/healthz").json().get("recorder", {})
-            # An empty queue is not enough: the writer batches rows it has dequeued.
-            settled = sum(recorder.get(k, 0) for k in ("written", "dropped", "write_errors"))
-            if recorder.get("queue_depth", 0) == 0 and settled >= recorder.get("enqueued", 0):
-                return
-            time.sleep(0.1)
+        drain(self.url)
 
     def stats(self) -> dict[str, Any]:
         response = self._http.get("/v1/tactician/stats")
