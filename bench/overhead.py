@@ -97,28 +97,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO_ROOT / "data/bench/overhead.json")
     p.add_argument("--workdir", type=Path, default=REPO_ROOT / "data/bench/overhead")
-    p.add_argument("--targets", default=",".join(ALL_TARGETS),
+    p.add_argument("--targets", type=_names, default=",".join(ALL_TARGETS),
                    help=f"comma-separated subset of {','.join(ALL_TARGETS)}")
-    p.add_argument("--rates", default="50,200,500", help="open-loop rates, req/s")
-    p.add_argument("--stream-rates", default="200", help="open-loop rates for streams")
+    p.add_argument("--rates", type=_rates, default="50,200,500",
+                   help="open-loop rates, req/s")
+    p.add_argument("--stream-rates", type=_rates, default="200",
+                   help="open-loop rates for streams")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=3.0, help="per arm, rate and round")
     p.add_argument("--warmup", type=float, default=0.5, help="unrecorded seconds before each")
     p.add_argument("--c1-seconds", type=float, default=2.0, help="concurrency-1 per round")
-    p.add_argument("--ramp", default="300,500,750,1000,1500,2000,3000",
+    p.add_argument("--ramp", type=_rates, default="300,500,750,1000,1500,2000,3000",
                    help="rates for the error-onset ramp ('' skips it)")
     p.add_argument("--ramp-seconds", type=float, default=2.0)
     p.add_argument("--latency-ms", type=float, default=5.0, help="the mock's latency")
     p.add_argument("--litellm-venv", type=Path, default=REPO_ROOT / ".bench-venv-litellm")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.targets = [t for t in args.targets.split(",") if t]
     unknown = set(args.targets) - set(ALL_TARGETS)
     if unknown or "direct" not in args.targets:
         p.error(f"--targets must include direct and only name {', '.join(ALL_TARGETS)}")
-    for name in ("rates", "stream_rates", "ramp"):
-        setattr(args, name, [float(r) for r in getattr(args, name).split(",") if r])
     return args
+
+
+def _names(text: str) -> list[str]:
+    return [t for t in text.split(",") if t]
+
+
+def _rates(text: str) -> list[float]:
+    return [float(r) for r in _names(text)]
 
 
 class Bench:
