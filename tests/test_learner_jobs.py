@@ -18,10 +18,15 @@ def make(tmp_path: Path, schedule: str = "0 3 * * *") -> tuple[LearnerJobs, Stor
                         "guidance: {enabled: false}\n")
     cfg = load_config(cfg_file)
     store = Store(cfg.store_path)
-    recorder = Recorder(store, queue_size=100, batch_size=10, flush_interval_s=0.01,
-                        spill_path=cfg.state_dir / "spill.jsonl")
-    recorder.start()
+    recorder = start_recorder(store, cfg.state_dir / "spill.jsonl")
     return LearnerJobs(cfg, recorder), store, recorder
+
+
+def start_recorder(store: Store, spill_path: Path) -> Recorder:
+    recorder = Recorder(store, queue_size=100, batch_size=10, flush_interval_s=0.01,
+                        spill_path=spill_path)
+    recorder.start()
+    return recorder
 
 
 def test_next_run_follows_the_cron_schedule(tmp_path: Path) -> None:
@@ -40,9 +45,7 @@ def test_run_once_runs_the_real_learner_and_its_record_is_ingested(tmp_path: Pat
     log = next((tmp_path / "s.state" / "logs").glob("learner-*.log")).read_text()
     assert "not enough data" in log
     store = Store(tmp_path / "s.duckdb")
-    recorder = Recorder(store, queue_size=100, batch_size=10, flush_interval_s=0.01,
-                        spill_path=tmp_path / "spill.jsonl")
-    recorder.start()
+    recorder = start_recorder(store, tmp_path / "spill.jsonl")
     jobs.recorder = recorder
     jobs.ingest()  # records the learner could not write itself are carried in, once
     jobs.ingest()
