@@ -29,7 +29,8 @@ from proxy.errors import ConfigError
 AGREEMENT_MIN = 0.9
 VERIFY_SAMPLE = 16
 EPOCHS = 3
-SETTINGS = TrainSettings(r=16, alpha=32.0, lr=3e-3, batch_size=4, seed=0)
+SETTINGS = TrainSettings(r=16, alpha=32.0, lr=3e-3, min_lr_ratio=0.1, batch_size=4, seed=0,
+                         converge_loss=0.02, converge_window=25)
 MIN_TRAIN_SECONDS = 60.0  # below this an adapter learns nothing worth gating
 # Time left after training, beyond scoring the new adapter: export, the llama.cpp/PEFT
 # agreement check (a PEFT label takes ~0.5 s on one thread) and slack for noise.

@@ -31,6 +31,7 @@ DEFAULT_TARGET_MODULES: tuple[str, ...] = (
     "down_proj",
 )
 IGNORE_INDEX = -100
+StopReason = Literal["steps", "time", "converged"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,16 @@ class TrainSettings:
     dropout: float = 0.0
     target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
     lr: float = 1e-3
+    # Cosine decay from lr to lr * min_lr_ratio over the run (steps or time, whichever
+    # runs out first). A constant rate kept stepping at full size after the loss had
+    # flattened and spiked late (nightly adapters scoring 0 held-out).
+    min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    # Stop once the mean loss over the last ``converge_window`` steps is below this:
+    # the completion (a strategy name) is fitted and further steps only risk drifting.
+    converge_loss: float | None = None
+    converge_window: int = 25
     batch_size: int = 8
     epochs: int = 1
     # When set, overrides epochs: cycle over reshuffled epochs until this many steps.
@@ -79,7 +88,7 @@ class TrainResult:
     seconds: float = 0.0
     load_seconds: float = 0.0
     backend: str = "cpu"
-    stop_reason: Literal["steps", "time"] = "steps"
+    stop_reason: StopReason = "steps"
 
 
 def render_prompt(tokenizer_or_template: Any, system: str, user: str) -> str:
@@ -236,14 +245,51 @@ def _total_steps(n: int, settings: TrainSettings) -> int:
     return settings.epochs * math.ceil(n / settings.batch_size)
 
 
-def _optimizer(model: Any, settings: TrainSettings) -> tuple[Any, Any]:
+def _optimizer(model: Any, settings: TrainSettings) -> Any:
     import torch  # noqa: PLC0415
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    warmup = max(settings.warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / (warmup + 1)))
-    return opt, sched
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def lr_factor(step: int, progress: float, settings: TrainSettings) -> float:
+    """Multiplier on ``settings.lr`` for ``step`` (0-based) at ``progress`` in [0, 1].
+
+    Linear warm-up, then cosine decay to ``min_lr_ratio``. Progress is passed in rather
+    than derived from the step so a time-bounded run decays over the steps it will
+    actually get, not over a plan it will never finish.
+    """
+    if step < settings.warmup_steps:
+        return (step + 1) / (settings.warmup_steps + 1)
+    floor = settings.min_lr_ratio
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+    return floor + (1.0 - floor) * cosine
+
+
+@dataclass
+class RunClock:
+    """How far a run is: the larger of its share of steps and its share of time."""
+
+    total_steps: int
+    loop_started: float
+    seconds: float | None  # training seconds available to the loop, if time-bounded
+
+    def progress(self, step: int) -> float:
+        by_steps = step / max(self.total_steps, 1)
+        if self.seconds is None:
+            return by_steps
+        by_time = (time.monotonic() - self.loop_started) / max(self.seconds, 1e-9)
+        return max(by_steps, by_time)
+
+    def out_of_time(self) -> bool:
+        return self.seconds is not None and time.monotonic() - self.loop_started >= self.seconds
+
+
+def converged(losses: Sequence[float], settings: TrainSettings) -> bool:
+    window = settings.converge_window
+    if settings.converge_loss is None or len(losses) < window:
+        return False
+    return sum(losses[-window:]) / window < settings.converge_loss
 
 
 def _run_loop(
@@ -252,7 +298,7 @@ def _run_loop(
     examples: Sequence[Example],
     settings: TrainSettings,
     started: float,
-) -> tuple[list[float], str]:
+) -> tuple[list[float], StopReason]:
     import torch  # noqa: PLC0415
 
     device = next(model.parameters()).device
@@ -261,30 +307,35 @@ def _run_loop(
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    opt, sched = _optimizer(model, settings)
+    opt = _optimizer(model, settings)
+    params = [p for p in model.parameters() if p.requires_grad]
     total = _total_steps(len(examples), settings)
+    now = time.monotonic()
+    left = None if settings.max_seconds is None else settings.max_seconds - (now - started)
+    clock = RunClock(total, now, left)
     losses: list[float] = []
-    stop_reason = "steps"
+    stop_reason: StopReason = "steps"
     model.train()
     batches = _batches(len(examples), settings.batch_size, settings.seed)
     with tqdm(total=total, desc="lora", disable=not settings.progress) as bar:
-        for _ in range(total):
+        for step in range(total):
+            for group in opt.param_groups:
+                group["lr"] = settings.lr * lr_factor(step, clock.progress(step), settings)
             idx = next(batches)
             loss = weighted_completion_loss(
                 model, _collate([rows[i] for i in idx], pad_id, device), weights[idx]
             )
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
-            sched.step()
             opt.zero_grad(set_to_none=True)
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if (
-                settings.max_seconds is not None
-                and time.monotonic() - started >= settings.max_seconds
-            ):
+            if converged(losses, settings):
+                stop_reason = "converged"
+                break
+            if clock.out_of_time():
                 stop_reason = "time"
                 break
     model.eval()
@@ -297,7 +348,8 @@ def train_lora(
     """Train a LoRA adapter on ``examples`` and save it (PEFT format) to ``out_dir``.
 
     Always takes at least one step; stops early (after the running step) once
-    ``settings.max_seconds`` has elapsed, keeping what was learned.
+    ``settings.max_seconds`` has elapsed or the loss has converged, keeping what was
+    learned.
     """
     import torch  # noqa: PLC0415
 
@@ -325,5 +377,5 @@ def train_lora(
         seconds=time.monotonic() - started,
         load_seconds=load_seconds,
         backend=backend,
-        stop_reason="time" if stop_reason == "time" else "steps",
+        stop_reason=stop_reason,
     )

@@ -6,6 +6,8 @@ One short training run on the packaged SmolLM2-135M base is shared by the module
 from __future__ import annotations
 
 import hashlib
+import itertools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,12 @@ from learner.export_gguf import (
 )
 from learner.train import (
     Example,
+    RunClock,
     TrainResult,
     TrainSettings,
     _collate,
     _encode,
+    lr_factor,
     render_prompt,
     train_lora,
     weighted_completion_loss,
@@ -57,7 +61,10 @@ TASKS: list[tuple[str, str]] = [
     ("Debug the flaky login integration test", "rerun with fixed seeds"),
     ("Draft release notes for version 2.3", "group changes by type"),
 ]
-SETTINGS = TrainSettings(r=16, alpha=32.0, lr=2e-3, batch_size=8, max_steps=16, seed=0)
+# A constant rate: the export tests' logit tolerances were calibrated on this adapter;
+# the decay schedule has its own tests below and runs in the pipeline tests.
+SETTINGS = TrainSettings(r=16, alpha=32.0, lr=2e-3, min_lr_ratio=1.0, batch_size=8,
+                         max_steps=16, seed=0)
 MAX_TOKENS = 16
 
 
@@ -252,3 +259,31 @@ def test_time_budget_stops_after_current_step(tmp_path: Path) -> None:
     result = train_lora([Example(prompt, TASKS[0][1], 2.0)], base, tmp_path / "peft", settings)
     assert result.steps == 1 and result.stop_reason == "time"
     assert (tmp_path / "peft" / "adapter_config.json").is_file()
+
+
+def test_converged_loss_stops_training(tmp_path: Path) -> None:
+    base = default_base_gguf()
+    prompt = render_prompt(chat_template_from_gguf(base), SYSTEM, TASKS[0][0])
+    # Any loss is "converged" below 1e6: the run must stop once the window is full.
+    settings = TrainSettings(max_steps=50, converge_loss=1e6, converge_window=3, progress=False)
+    result = train_lora([Example(prompt, TASKS[0][1])], base, tmp_path / "peft", settings)
+    assert result.steps == 3 and result.stop_reason == "converged"
+
+
+def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
+    settings = TrainSettings(lr=1e-3, min_lr_ratio=0.1, warmup_steps=4)
+    warm = [lr_factor(s, 0.0, settings) for s in range(4)]
+    assert warm == sorted(warm) and warm[0] < 0.5 and warm[-1] < 1.0
+    decay = [lr_factor(10, p / 10, settings) for p in range(11)]
+    assert decay[0] == pytest.approx(1.0) and decay[-1] == pytest.approx(0.1)
+    assert all(a > b for a, b in itertools.pairwise(decay))
+    assert lr_factor(10, 3.0, settings) == pytest.approx(0.1)  # past the end: stays at floor
+
+
+def test_progress_is_the_larger_of_steps_and_time() -> None:
+    started = time.monotonic() - 30.0
+    assert RunClock(100, started, None).progress(25) == pytest.approx(0.25)
+    timed = RunClock(100, started, 60.0)
+    assert timed.progress(10) == pytest.approx(0.5, abs=0.05) and not timed.out_of_time()
+    assert timed.progress(90) == pytest.approx(0.9)
+    assert RunClock(100, started, 20.0).out_of_time()
