@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import random
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,8 +60,10 @@ class TrainSettings:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    # Stop once the mean loss over the last ``converge_window`` steps is below this:
-    # the completion (a strategy name) is fitted and further steps only risk drifting.
+    # Stop once every example has been seen and the median loss over the last
+    # ``converge_window`` steps is below this: the typical batch's completion (a strategy
+    # name) is fitted. The median, because similar tasks with different targets keep a
+    # few batches' loss high however long training runs.
     converge_loss: float | None = None
     converge_window: int = 25
     batch_size: int = 8
@@ -285,11 +288,11 @@ class RunClock:
         return self.seconds is not None and time.monotonic() - self.loop_started >= self.seconds
 
 
-def converged(losses: Sequence[float], settings: TrainSettings) -> bool:
+def converged(losses: Sequence[float], settings: TrainSettings, epoch_steps: int) -> bool:
     window = settings.converge_window
-    if settings.converge_loss is None or len(losses) < window:
+    if settings.converge_loss is None or len(losses) < max(window, epoch_steps):
         return False
-    return sum(losses[-window:]) / window < settings.converge_loss
+    return statistics.median(losses[-window:]) < settings.converge_loss
 
 
 def _run_loop(
@@ -310,6 +313,7 @@ def _run_loop(
     opt = _optimizer(model, settings)
     params = [p for p in model.parameters() if p.requires_grad]
     total = _total_steps(len(examples), settings)
+    epoch_steps = math.ceil(len(examples) / settings.batch_size)
     now = time.monotonic()
     left = None if settings.max_seconds is None else settings.max_seconds - (now - started)
     clock = RunClock(total, now, left)
@@ -332,7 +336,7 @@ def _run_loop(
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if converged(losses, settings):
+            if converged(losses, settings, epoch_steps):
                 stop_reason = "converged"
                 break
             if clock.out_of_time():
