@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import math
 import random
-import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -60,10 +59,9 @@ class TrainSettings:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
     warmup_steps: int = 0
-    # Stop once every example has been seen and the median loss over the last
-    # ``converge_window`` steps is below this: the typical batch's completion (a strategy
-    # name) is fitted. The median, because similar tasks with different targets keep a
-    # few batches' loss high however long training runs.
+    # Stop once every example has been seen and the mean loss over the last
+    # ``converge_window`` steps is below this: the completions (strategy names) are
+    # fitted. The median stopped sooner but cost accuracy on older (down-weighted) tasks.
     converge_loss: float | None = None
     converge_window: int = 25
     batch_size: int = 8
@@ -292,7 +290,7 @@ def converged(losses: Sequence[float], settings: TrainSettings, epoch_steps: int
     window = settings.converge_window
     if settings.converge_loss is None or len(losses) < max(window, epoch_steps):
         return False
-    return statistics.median(losses[-window:]) < settings.converge_loss
+    return sum(losses[-window:]) / window < settings.converge_loss
 
 
 def _run_loop(

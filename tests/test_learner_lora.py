@@ -29,6 +29,7 @@ from learner.train import (
     TrainSettings,
     _collate,
     _encode,
+    converged,
     lr_factor,
     render_prompt,
     train_lora,
@@ -268,6 +269,15 @@ def test_converged_loss_stops_training(tmp_path: Path) -> None:
     settings = TrainSettings(max_steps=50, converge_loss=1e6, converge_window=3, progress=False)
     result = train_lora([Example(prompt, TASKS[0][1])], base, tmp_path / "peft", settings)
     assert result.steps == 3 and result.stop_reason == "converged"
+
+
+def test_convergence_needs_a_whole_epoch_and_a_low_mean_loss() -> None:
+    settings = TrainSettings(converge_loss=0.02, converge_window=5)
+    fitted = [0.9, 0.002, 0.001, 0.03, 0.001, 0.04]  # the window is the last five
+    assert converged(fitted, settings, epoch_steps=6)
+    assert not converged(fitted, settings, epoch_steps=7)  # not every example seen yet
+    assert not converged([*fitted, 0.2], settings, epoch_steps=6)  # one spike: mean 0.055
+    assert not converged(fitted, TrainSettings(converge_loss=None), epoch_steps=0)
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
