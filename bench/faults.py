@@ -31,11 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from bench.harness.processes import drain
+from bench.harness.processes import REPO_ROOT, ProxyProcess
 from bench.loadgen import Request, Run, Sample, build_request, open_loop, run_sync
-from bench.mock_upstream import REPO_ROOT, Service, install_uvloop, mock_service
+from bench.mock_upstream import install_uvloop, mock_service
 from bench.recorder_load import recorder_checks
 from bench.targets import (
     REPEATED_TASKS,
@@ -179,7 +177,7 @@ class FaultRun:
         self.checks = Checks(strict=args.strict)
         self.report: dict[str, Any] = {}
 
-    def proxy(self, model_path: Path, store: dict[str, Any]) -> Service:
+    def proxy(self, model_path: Path, store: dict[str, Any]) -> ProxyProcess:
         guidance = {"enabled": True, "mode": "both", "holdout": 0.0, "budget_ms": 1,
                     "model_path": str(model_path)}
         svc = tactician_service(self.dir / "proxy", self.mock.url, guidance, store=store,
@@ -187,7 +185,7 @@ class FaultRun:
         svc.start()
         return svc
 
-    def clean_stop(self, svc: Service, label: str) -> None:
+    def clean_stop(self, svc: ProxyProcess, label: str) -> None:
         """SIGTERM; uvicorn re-raises it after its graceful shutdown, so -15 is clean
         too. The recorder checkpoints on the way out: no WAL may be left behind."""
         code = svc.stop()
@@ -212,8 +210,8 @@ class FaultRun:
         self.checks.add("faults: the proxy stayed up", svc.alive())
         self.checks.add("faults: every answer is the expected one", not wrong,
                         ", ".join(f"{k} ×{v}" for k, v in wrong.most_common(6)))
-        rec = drain(svc.url)
-        snap = Path(httpx.post(svc.url + "/v1/tactician/snapshot", timeout=60).json()["path"])
+        rec = svc.drain()
+        snap = svc.snapshot()
         check_ids(self.checks, "faults (snapshot while running)", run.samples, snap)
         sent = sum(1 for s in run.samples if s.tag not in ("outcome", "healthz"))
         rows = read_store(snap, "SELECT count(*) AS n FROM calls")[0]["n"]
@@ -248,7 +246,7 @@ class FaultRun:
         restarted = self.proxy(self.dir / "missing.gguf", {})
         self.checks.add("kill: the store opens and the proxy restarts on it", restarted.alive())
         after: Run = run_sync(open_loop(restarted.port, make, 50, 2.0))
-        drain(restarted.url)
+        restarted.drain()
         self.clean_stop(restarted, "restart")
         db = self.dir / "proxy" / "tactician.duckdb"
         before = [s for s in run.samples if s.done < killed_at]

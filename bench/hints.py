@@ -22,10 +22,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 
-from bench.harness.processes import ProxyProcess, last_line, run_learner, tail
+from bench.harness.processes import ProxyProcess, arm_guidance, last_line, run_learner, tail
 from bench.sim import load_world
 from bench.sim.metrics import percentile
 from bench.sim.server import SimServer
@@ -47,8 +46,8 @@ def run(world_path: Path, tasks: int, learner_after: int, workdir: Path) -> dict
     world = load_world(world_path)
     added: dict[str, float] = {}
     with SimServer(world) as server, \
-            ProxyProcess(workdir / "control", server.base_url, None) as control, \
-            ProxyProcess(workdir / "guided", server.base_url, "both") as guided:
+            ProxyProcess(workdir / "control", server.base_url, arm_guidance(None)) as control, \
+            ProxyProcess(workdir / "guided", server.base_url, arm_guidance("both")) as guided:
         clients = {name: openai.OpenAI(base_url=p.base_url, api_key="k", max_retries=0)
                    for name, p in (("control", control), ("guided", guided))}
         single = [t for t in server.tasks if t.turns == 1][:tasks]
@@ -71,9 +70,8 @@ def run(world_path: Path, tasks: int, learner_after: int, workdir: Path) -> dict
                 proxy.post_outcome("request_id", ids[name], server.outcome(task.index))
             added[ids["guided"]] = ms["guided"] - ms["control"]
         guided.drain()
-        snap = httpx.post(f"{guided.base_url}/tactician/snapshot", timeout=60, headers={
-            "authorization": f"Bearer {guided.config['admin']['token']}"}).json()["path"]
-    return summarize(added, Path(snap), learner, tasks)
+        snap = guided.snapshot()
+    return summarize(added, snap, learner, tasks)
 
 
 def summarize(added: dict[str, float], snapshot: Path, learner: dict[str, Any],

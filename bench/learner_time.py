@@ -26,7 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from bench.harness.agent import Agent, ArmResult
-from bench.harness.processes import ProxyProcess, last_line, run_learner, tail
+from bench.harness.processes import ProxyProcess, arm_guidance, last_line, run_learner, tail
 from bench.sim import load_world
 from bench.sim.server import SimServer
 from bench.sim.world import World
@@ -71,7 +71,7 @@ def record(world: World, proxy: ProxyProcess, server: SimServer) -> ArmResult:
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     world = sized(load_world(args.world), args.trajectories)
     with SimServer(world) as server, \
-            ProxyProcess(workdir / "proxy", server.base_url, "retrieval") as proxy:
+            ProxyProcess(workdir / "proxy", server.base_url, arm_guidance("retrieval")) as proxy:
         recorded = record(world, proxy, server)
         log_path = workdir / "learner.log"
         print("learner: running python -m learner train (progress in "

@@ -1,5 +1,5 @@
-"""A fast mock OpenAI upstream for the overhead and fault benchmarks, and the helpers
-that run it (and the proxies under test) as local subprocesses.
+"""A fast mock OpenAI upstream for the overhead and fault benchmarks, and the helper
+that runs it as a local subprocess.
 
 ``python -m bench.mock_upstream --port 9000 --latency-ms 5``
 
@@ -25,22 +25,16 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import time
 import zlib
 from collections import Counter
 from pathlib import Path
-from typing import IO
 
+from bench.harness.processes import Service
 from bench.http1 import parse_headers
 from proxy.local_model import free_port
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 APPROACHES = (
     "I listed the constraints first and then solved each one in order.",
     "I searched the reference documents and quoted the relevant passage.",
@@ -204,96 +198,6 @@ def install_uvloop() -> str:
 
 
 # -- local subprocesses ------------------------------------------------------------
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory of a process and all its descendants (LiteLLM may fork)."""
-    total = 0.0
-    for p in [pid, *_descendants(pid)]:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith(field + ":"):
-                    total += int(line.split()[1]) / 1024
-    return round(total, 1)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) and its descendants."""
-    total = 0
-    for p in [pid, *_descendants(pid)]:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def _descendants(pid: int) -> list[int]:
-    found: list[int] = []
-    with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            found += [int(child), *_descendants(int(child))]
-    return found
-
-
-class Service:
-    """A local server process: started, awaited on its port, stopped or killed."""
-
-    def __init__(self, name: str, command: list[str], port: int, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
-        self.name, self.command, self.port, self.log_path = name, command, port, log_path
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout_s: float = 180.0) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=self.env,
-                                        stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start; see {self.log_path}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.5):
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"{self.name} did not listen in {timeout_s:.0f} s")
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout_s: float = 40.0) -> int | None:
-        """SIGTERM (a clean shutdown drains the proxy's recorder), SIGKILL if stuck."""
-        process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._log is not None:
-            self._log.close()
-        return process.returncode if process is not None else None
-
-    def kill(self) -> None:
-        """``kill -9``: no shutdown code runs."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        if self._log is not None:
-            self._log.close()
-
 
 def mock_service(directory: Path, latency_ms: float, chunks: int = 6,
                  chunk_ms: float = 1.0) -> Service:

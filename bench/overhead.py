@@ -29,15 +29,9 @@ from typing import Any
 import httpx
 
 from bench import overhead_report as report
+from bench.harness.processes import REPO_ROOT, Service, cpu_seconds, rss_mb
 from bench.loadgen import Request, Run, build_request, closed_loop, open_loop, run_sync
-from bench.mock_upstream import (
-    REPO_ROOT,
-    Service,
-    cpu_seconds,
-    install_uvloop,
-    mock_service,
-    rss_mb,
-)
+from bench.mock_upstream import install_uvloop, mock_service
 from bench.targets import (
     REPEATED_TASKS,
     chat_body,

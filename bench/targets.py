@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+from bench.harness.processes import REPO_ROOT, ProxyProcess, Service
 from bench.loadgen import BENCH_KEY
-from bench.mock_upstream import APPROACHES, REPO_ROOT, Service
+from bench.mock_upstream import APPROACHES
 from proxy.local_model import free_port
 from proxy.store import open_for_reading
 
@@ -56,33 +57,18 @@ def chat_body(task: str, model: str = "mock", stream: bool = False) -> bytes:
 
 # -- Tactician ---------------------------------------------------------------------
 
-def tactician_config(directory: Path, port: int, upstream: str, guidance: dict[str, Any],
-                     store: dict[str, Any] | None = None,
-                     upstream_extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "listen": f"127.0.0.1:{port}",
-        "upstream": {"base_url": upstream + "/v1", **(upstream_extra or {})},
-        "store": {"path": str(directory / "tactician.duckdb"), **(store or {})},
-        "guidance": guidance,
-        "learner": {"schedule": None},
-        "logging": {"level": "WARNING"},
-    }
-
-
 def tactician_service(directory: Path, upstream: str, guidance: dict[str, Any], *,
                       plain: bool = False, store: dict[str, Any] | None = None,
-                      upstream_extra: dict[str, Any] | None = None,
-                      port: int | None = None) -> Service:
-    """``plain``: hide uvloop and httptools so uvicorn falls back to asyncio + h11."""
+                      upstream_extra: dict[str, Any] | None = None) -> ProxyProcess:
+    """Tactician in front of ``upstream`` (the mock's root URL), without tokens: the load
+    generator posts outcomes and snapshots unauthenticated.
+
+    ``plain``: hide uvloop and httptools so uvicorn falls back to asyncio + h11.
+    """
     directory.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    config = tactician_config(directory, port, upstream, guidance, store, upstream_extra)
-    path = directory / "proxy.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False), "utf-8")
     env = {"PYTHONPATH": str(_shadow_dir(directory))} if plain else None
-    command = [sys.executable, "-m", "proxy", "--config", str(path)]
-    return Service(f"tactician ({directory.name})", command, port,
-                   directory / "proxy.log", env)
+    return ProxyProcess(directory, upstream + "/v1", guidance, tokens=False, store=store,
+                        upstream_extra=upstream_extra, env=env)
 
 
 def _shadow_dir(directory: Path) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from bench.harness.processes import last_line, proxy_config, run_learner
+from bench.harness.processes import arm_guidance, last_line, proxy_config, run_learner
 from bench.learning import main, scale_world
 from bench.sim import parse_world
 
@@ -125,7 +125,8 @@ def test_scale_keeps_days_and_at_least_one_task_a_day() -> None:
 
 
 def test_proxy_config_carries_no_world_knowledge(tmp_path: Path) -> None:
-    config = json.dumps(proxy_config(tmp_path, 8000, "http://127.0.0.1:9/v1", "retrieval"))
+    config = json.dumps(proxy_config(tmp_path, 8000, "http://127.0.0.1:9/v1",
+                                     arm_guidance("retrieval")))
     for word in ("careful", "hasty", "audit", "rota", "finance", "tiny"):
         assert word not in config
     assert '"holdout": 0.0' in config and '"schedule": null' in config

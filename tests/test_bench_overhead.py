@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.mock_upstream import REPO_ROOT
+from bench.harness.processes import REPO_ROOT
 
 
 def run_module(module: str, *args: str, timeout: float = 80.0) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,14 @@ import httpx
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
-from bench.harness.processes import LearnerRun, ProxyProcess, last_line, run_learner, tail
+from bench.harness.processes import (
+    LearnerRun,
+    ProxyProcess,
+    arm_guidance,
+    last_line,
+    run_learner,
+    tail,
+)
 from bench.sim.metrics import ArmLog, NightlyJob
 from bench.sim.server import SimServer
 from bench.sim.world import Task
@@ -113,7 +120,7 @@ def run_arm(
     server.reset()
     result = ArmResult(spec.name, spec.mode)
     start = time.perf_counter()
-    with ProxyProcess(directory, server.base_url, spec.mode) as proxy:
+    with ProxyProcess(directory, server.base_url, arm_guidance(spec.mode)) as proxy:
         agent = Agent(server, proxy, result)
         for _, day in itertools.groupby(server.tasks, key=lambda t: t.day):
             tasks: Sequence[Task] = list(day)
