@@ -9,7 +9,6 @@ check → gate → publish. Every run, whatever its end, leaves a run record. Ex
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import sys
@@ -131,10 +130,11 @@ class Cycle:
     def _train(self, dataset: Dataset, base: Path, out: Path, budget: float) -> TrainResult:
         from dataclasses import replace  # noqa: PLC0415
 
-        from learner.train import train_lora  # noqa: PLC0415
+        from learner.train import steps_per_epoch, train_lora  # noqa: PLC0415
 
         cfg = self.config.learner
-        steps = self.max_steps or EPOCHS * math.ceil(len(dataset.train) / SETTINGS.batch_size)
+        steps = self.max_steps or EPOCHS * steps_per_epoch(len(dataset.train),
+                                                           SETTINGS.batch_size)
         settings = replace(SETTINGS, max_steps=steps, max_seconds=budget,
                            num_threads=cfg.threads)
         result = train_lora(dataset.train, base, out, settings)

@@ -240,16 +240,19 @@ def _batches(n: int, batch_size: int, seed: int) -> Iterator[list[int]]:
             yield order[i : i + batch_size]
 
 
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / batch_size)
+
+
 def _total_steps(n: int, settings: TrainSettings) -> int:
     if settings.max_steps is not None:
         return settings.max_steps
-    return settings.epochs * math.ceil(n / settings.batch_size)
+    return settings.epochs * steps_per_epoch(n, settings.batch_size)
 
 
-def _optimizer(model: Any, settings: TrainSettings) -> Any:
+def _optimizer(params: list[Any], settings: TrainSettings) -> Any:
     import torch  # noqa: PLC0415
 
-    params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
 
 
@@ -308,10 +311,10 @@ def _run_loop(
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    opt = _optimizer(model, settings)
     params = [p for p in model.parameters() if p.requires_grad]
+    opt = _optimizer(params, settings)
     total = _total_steps(len(examples), settings)
-    epoch_steps = math.ceil(len(examples) / settings.batch_size)
+    epoch_steps = steps_per_epoch(len(examples), settings.batch_size)
     now = time.monotonic()
     left = None if settings.max_seconds is None else settings.max_seconds - (now - started)
     clock = RunClock(total, now, left)
