@@ -154,22 +154,6 @@ def last_line(text: str) -> str:
 
 # -- the proxy -------------------------------------------------------------------
 
-def drain(url: str, timeout_s: float = DRAIN_TIMEOUT_S) -> dict[str, Any]:
-    """Wait until a proxy's recorder has written everything it was given, spilled rows
-    included; its last ``/healthz`` recorder counters."""
-    deadline = time.monotonic() + timeout_s
-    recorder: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        recorder = httpx.get(url + "/healthz", timeout=10).json().get("recorder", {})
-        # An empty queue is not enough: the writer batches rows it has dequeued.
-        settled = sum(recorder.get(k, 0) for k in ("written", "dropped", "write_errors"))
-        if (recorder.get("queue_depth", 0) == 0 and settled >= recorder.get("enqueued", 0)
-                and recorder.get("replayed", 0) >= recorder.get("spilled", 0)):
-            break
-        time.sleep(0.1)
-    return recorder
-
-
 def arm_guidance(mode: str | None) -> dict[str, Any]:
     """A learning-benchmark arm's guidance; ``mode`` None turns it off (the control arm).
 
@@ -254,10 +238,21 @@ class ProxyProcess(Service):
         token = self.config.get("admin", {}).get("token")
         return Path(self._post("/v1/tactician/snapshot", token)["path"])
 
-    def drain(self) -> dict[str, Any]:
-        """Wait until the recorder has written every call and outcome, so the learner's
-        snapshot holds the whole day."""
-        return drain(self.url)
+    def drain(self, timeout_s: float = DRAIN_TIMEOUT_S) -> dict[str, Any]:
+        """Wait until the recorder has written everything it was given, spilled rows
+        included (so a snapshot holds the whole day); its last ``/healthz`` counters."""
+        deadline = time.monotonic() + timeout_s
+        recorder: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            response = self._http.get(self.url + "/healthz", timeout=10)
+            recorder = response.json().get("recorder", {})
+            # An empty queue is not enough: the writer batches rows it has dequeued.
+            settled = sum(recorder.get(k, 0) for k in ("written", "dropped", "write_errors"))
+            if (recorder.get("queue_depth", 0) == 0 and settled >= recorder.get("enqueued", 0)
+                    and recorder.get("replayed", 0) >= recorder.get("spilled", 0)):
+                break
+            time.sleep(0.1)
+        return recorder
 
     def stats(self) -> dict[str, Any]:
         response = self._http.get(self.url + "/v1/tactician/stats")
