@@ -75,6 +75,7 @@ class GuidanceConfig:
     min_evidence: int = 10
     half_life: float = 250.0
     optimism: float = 0.2
+    min_success: float = 0.5
     explore: float = 0.0
     memory_size: int = 50_000
     threads: int = 1
@@ -270,6 +271,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("guidance.holdout: must be in [0, 1]")
     if not 0.0 <= cfg.guidance.explore <= 1.0:
         raise ConfigError("guidance.explore: must be in [0, 1]")
+    if not 0.0 <= cfg.guidance.min_success <= 1.0:
+        raise ConfigError("guidance.min_success: must be in [0, 1]")
     if cfg.guidance.budget_ms <= 0:
         raise ConfigError("guidance.budget_ms: must be positive")
     if cfg.store.queue_size < 1 or cfg.store.batch_size < 1:

@@ -43,6 +43,7 @@ def test_minimal_public_keys_work(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"store": {"redact": {"phones": True}}}, "unknown config key: store.redact.phones"),
     ({"guidance": {"holdout": 2}}, "guidance.holdout"),
     ({"guidance": {"mode": "magic"}}, "guidance.mode"),
+    ({"guidance": {"min_success": 1.5}}, "guidance.min_success"),
     ({"guidance": {"enabled": "yes"}}, "guidance.enabled"),
     ({"listen": "nope"}, "listen"),
     ({"learner": {"schedule": "every night"}}, "learner.schedule"),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 
+from proxy.config import GuidanceConfig
 from proxy.hints import evidence
 from proxy.hints.evidence import Observation
 from proxy.hints.memory import TaskMemory
+from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import StrategyCatalog, approach_sentence
 from proxy.hints.text import Vectorizer
 
@@ -92,3 +94,48 @@ def test_memory_links_outcomes_early_late_and_by_episode() -> None:
     for i in range(4):  # capacity 4: the oldest are evicted
         mem.add(f"n{i}", f"n{i}", vec.vector(f"other {i}"), "s3")
     assert len(mem) == 4 and not mem.neighbours(vec.vector("plan the offsite"), 5, 0.5)
+
+
+def test_estimates_shrink_thin_evidence_toward_the_neighbourhood_rate() -> None:
+    obs = [Observation("a", float(i % 4 != 0), 0.9, i) for i in range(40)]  # 75 %
+    obs.append(Observation("b", 0.0, 0.9, 40))
+    est = evidence.estimates(evidence.summarize(obs, 41, 0))
+    assert 0.72 < est["a"] < 0.76
+    assert 0.4 < est["b"] < 0.6  # one failure: half way to 0 from the neighbourhood's 0.73
+    assert evidence.estimates({}) == {}
+
+
+APPROACHES = {
+    "symptom": "I chose to patch the symptom so things work again quickly. Done.",
+    "sampling": "I did spot-check sampling: looked at a random handful of lines. Done.",
+    "rootcause": "I applied five whys root cause analysis to find what broke. Done.",
+}
+
+
+def recommender_after(outcomes: dict[str, float], min_success: float) -> Recommender:
+    """A recommender whose memory holds 20 similar tasks per approach, each approach
+    succeeding at the given rate."""
+    rec = Recommender(GuidanceConfig(min_success=min_success))
+    for sid, rate in outcomes.items():
+        for i in range(20):
+            rid = f"{sid}-{i}"
+            rec.observe_call(rid, rid, f"Reconcile the dispute on invoice {i}",
+                             APPROACHES[sid])
+            rec.observe_outcome(rid, None, float(i % 10 < rate * 10))  # spread out, no drop
+    return rec
+
+
+def test_no_hint_when_nothing_known_works_well_enough() -> None:
+    task = "Reconcile the dispute on invoice 99"
+    poor = recommender_after({"symptom": 0.3, "sampling": 0.4}, min_success=0.5)
+    got = poor.recommend(task)
+    assert got.strategy is None and got.skip == "low_success" and got.stats_json
+    good = recommender_after({"symptom": 0.3, "rootcause": 0.8}, min_success=0.5)
+    got = good.recommend(task)
+    assert got.strategy is not None and "root cause" in got.strategy.text
+    assert got.skip is None and got.source == "retrieval"
+    # The floor is a setting: at 0 the best of the poor ones is named after all.
+    anyway = recommender_after({"symptom": 0.3, "sampling": 0.4}, min_success=0.0)
+    assert anyway.recommend(task).strategy is not None
+    thin = Recommender(GuidanceConfig()).recommend(task)
+    assert thin.strategy is None and thin.skip == "thin_evidence"

@@ -147,9 +147,11 @@ class HintEngine:
             if rec.strategy is not None:
                 g["hint_source"] = rec.source
                 return rec.strategy
-        if self.cfg.mode == "retrieval":
-            g["hint_skip_reason"] = "thin_evidence"
-            return None
+            if rec.skip == "low_success" or self.cfg.mode == "retrieval":
+                # The model learns memory's best-evidenced choices: where memory has
+                # firm evidence that none works, it has nothing better to offer.
+                g["hint_skip_reason"] = rec.skip
+                return None
         return await self._from_model(call, task, start)
 
     async def _from_model(self, call: Call, task: str, start: float) -> Strategy | None:

@@ -113,28 +113,34 @@ def best(stats: dict[str, StrategyStats], min_evidence: int,
     """The strategy to recommend, or None when the evidence is too thin to act on.
 
     Each strategy's success is estimated with a prior centred on the neighbourhood's
-    overall success rate (so a strategy's first few outcomes move it only part of the
-    way), plus an optimism bonus that shrinks as its recency-weighted evidence grows: a
-    strategy that did well the few times it was tried, or whose evidence has gone
-    stale, is tried again until its evidence is firm. That is how a better approach is
-    discovered and a change in what works is followed.
+    overall success rate (``estimates``), plus an optimism bonus that shrinks as its
+    recency-weighted evidence grows: a strategy that did well the few times it was
+    tried, or whose evidence has gone stale, is tried again until its evidence is firm.
+    That is how a better approach is discovered and a change in what works is followed.
     """
     if sum(s.n for s in stats.values()) < min_evidence:
         return None
-    tried = [s for s in stats.values() if s.n > 0]
-    if not tried:
+    means = estimates(stats)
+    if not means:
         return None
-    total = sum(s.weight for s in tried)
-    base = (sum(s.weighted_wins for s in tried) + 1.0) / (total + 2.0)
-
-    def mean(s: StrategyStats) -> float:
-        return (s.weighted_wins + PRIOR_STRENGTH * base) / (s.weight + PRIOR_STRENGTH)
+    total = sum(stats[sid].weight for sid in means)
 
     def score(s: StrategyStats) -> tuple[float, int, str]:
         bonus = optimism * math.sqrt(math.log(total + 1.0) / (s.weight + 1.0))
-        return (mean(s) + bonus, s.n, s.sid)
+        return (means[s.sid] + bonus, s.n, s.sid)
 
-    return max(tried, key=score)
+    return max((stats[sid] for sid in means), key=score)
+
+
+def estimates(stats: dict[str, StrategyStats]) -> dict[str, float]:
+    """Estimated success of each tried strategy: its recency-weighted outcomes plus
+    ``PRIOR_STRENGTH`` pseudo-outcomes at the neighbourhood's overall rate, so a
+    strategy's first few outcomes move it only part of the way."""
+    tried = [s for s in stats.values() if s.n > 0]
+    total = sum(s.weight for s in tried)
+    base = (sum(s.weighted_wins for s in tried) + 1.0) / (total + 2.0)
+    return {s.sid: (s.weighted_wins + PRIOR_STRENGTH * base) / (s.weight + PRIOR_STRENGTH)
+            for s in tried}
 
 
 def describe(stats: dict[str, StrategyStats], labels: dict[str, str], limit: int = 4) -> str:

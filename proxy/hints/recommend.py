@@ -22,8 +22,11 @@ VECTOR_DIM = 512
 @dataclass(frozen=True)
 class Recommendation:
     strategy: Strategy | None
-    source: str | None  # "retrieval" | "explore" | None when the evidence is thin
+    source: str | None  # "retrieval" | "explore", when there is a strategy
     stats_json: str | None  # the evidence, as recorded on the call
+    # Why there is none: "thin_evidence" (too few outcomes among similar tasks: ask the
+    # small model) or "low_success" (plenty, and nothing known works well enough).
+    skip: str | None = None
 
 
 class Recommender:
@@ -51,7 +54,12 @@ class Recommender:
         stats_json = self._stats_json(stats) if stats else None
         best = evidence.best(stats, self.cfg.min_evidence, self.cfg.optimism)
         if best is None:
-            return Recommendation(None, None, stats_json)
+            return Recommendation(None, None, stats_json, "thin_evidence")
+        if max(evidence.estimates(stats).values()) < self.cfg.min_success:
+            # Every approach seen on tasks like this one fails more often than allowed:
+            # naming one would only override the big model's own choice, which may be
+            # an approach not seen yet.
+            return Recommendation(None, None, stats_json, "low_success")
         if self.rng.random() < self.cfg.explore:
             pick = self._least_tried(stats)
             if pick is not None:
