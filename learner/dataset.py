@@ -19,7 +19,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -33,7 +33,7 @@ from proxy.config import Config
 from proxy.hints import evidence
 from proxy.hints.evidence import Observation
 from proxy.hints.prompt import END_OF_TURN, render
-from proxy.hints.strategies import StrategyCatalog
+from proxy.hints.strategies import StrategyCatalog, hinted_sentence
 from proxy.hints.text import Vectorizer
 from proxy.store import Store, StoreLocked, open_for_reading
 
@@ -51,7 +51,7 @@ Split = Literal["train", "heldout"]
 _EPISODES_SQL = """
 WITH c AS (
     SELECT c.request_id, c.episode_id, c.started_at, c.task_text,
-           left(c.response_text, 4000) AS response_text,
+           left(c.response_text, 4000) AS response_text, c.hint_text,
            o.success, o.score, o.outcome_level,
            row_number() OVER (PARTITION BY c.episode_id
                               ORDER BY c.started_at, c.request_id) AS pos
@@ -64,6 +64,7 @@ SELECT episode_id,
        first(started_at ORDER BY pos) AS started_at,
        first(task_text ORDER BY pos) AS task_text,
        first(response_text ORDER BY pos) AS response_text,
+       first(hint_text ORDER BY pos) AS hint_text,
        first({{'success': success, 'score': score}} ORDER BY pos)
            FILTER (WHERE outcome_level = 'episode') AS episode_outcome,
        first({{'success': success, 'score': score}} ORDER BY pos)
@@ -172,7 +173,9 @@ def _outcome_value(outcome: dict[str, Any] | None) -> float | None:
 
 def load_episodes(store: Store, catalog: StrategyCatalog) -> tuple[list[Episode], dict[str, int]]:
     """Episodes with an outcome and a recognisable approach, oldest first. The catalog
-    grows in time order, so a strategy keeps the id and label of its first sighting."""
+    grows in time order, so a strategy keeps the id and label of its first sighting; it
+    also learns from the hints which phrasings are one approach, as the hint engine
+    does, and each episode counts for its approach's group."""
     endpoints = ", ".join(f"'{e}'" for e in GUIDED_ENDPOINTS)
     rows = store.query(_EPISODES_SQL.format(endpoints=endpoints))
     counts = {"episodes_seen": len(rows), "calls": 0, "no_outcome": 0, "no_approach": 0}
@@ -183,6 +186,9 @@ def load_episodes(store: Store, catalog: StrategyCatalog) -> tuple[list[Episode]
         if value is None:
             value = _outcome_value(row["call_outcome"])
         sid = catalog.assign(row["response_text"])
+        hinted = hinted_sentence(row["hint_text"])
+        if hinted is not None:
+            catalog.observe_hint(catalog.match(hinted), sid)
         if value is None:
             counts["no_outcome"] += 1
         elif sid is None:
@@ -192,6 +198,8 @@ def load_episodes(store: Store, catalog: StrategyCatalog) -> tuple[list[Episode]
                 Episode(str(row["episode_id"]), row["started_at"], str(row["task_text"]),
                         sid, value)
             )
+    renames = catalog.renames()
+    episodes = [replace(e, sid=renames.get(e.sid, e.sid)) for e in episodes]
     return episodes, counts
 
 

@@ -27,7 +27,7 @@ import yaml
 from learner import publish
 from learner.dataset import build_dataset
 from proxy.config import Config, load_config
-from proxy.hints.strategies import StrategyCatalog
+from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
 from proxy.hints.text import words
 from proxy.store import Store
 from tests.servers import ServerThread, free_port
@@ -244,6 +244,45 @@ def test_targets_follow_drift_and_old_kinds_stay_in_replay(tmp_path: Path) -> No
     assert sum(it.label == old_best for it in contracts) >= 0.8 * len(contracts)
     assert min(it.weight for it in contracts) > 0.1
     assert {_kind_of(it.episode.task) for it in data.replay_items} >= {"contract", "query"}
+
+
+def test_phrasings_that_answer_each_others_hints_are_one_target(tmp_path: Path) -> None:
+    """The good approach is described two ways, in no shared words; hinted either way,
+    the answer uses either. The learner must see one approach, named as first seen."""
+    rng = random.Random(3)
+    first, second = ("Reproduced the failing test locally before touching any code.",
+                     "Approach: bisect by running the broken check first, then edit.")
+    bad = "Rewrote the whole parser module from scratch."
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    calls, outcomes = [], []
+    for i in range(90):
+        at = start + timedelta(minutes=20 * i)
+        hint = None if i < 6 else (first, second, bad)[i % 3]
+        used = hint if hint and rng.random() < 0.9 else rng.choice((first, bad))
+        if used in (first, second):
+            used = rng.choice((first, second)) if i >= 6 else first
+        call = _call(f"ep-{i:03d}", at, make_task(rng, "parser"), f"{used} Then done.",
+                     hint_text=hint_text(Strategy("x", hint, "x")) if hint else None)
+        calls.append(call)
+        p = 0.2 if used == bad else 0.85
+        outcomes.append(_outcome(at, rng.random() < p, request_id=call["request_id"]))
+    store = Store(tmp_path / "tactician.duckdb")
+    store.insert("calls", calls)
+    store.insert("outcomes", outcomes)
+    store.close()
+    config = load_config({"store": {"path": str(tmp_path / "tactician.duckdb")},
+                          "guidance": {"enabled": False}})
+    store = Store(config.store_path, read_only=True)
+    try:
+        data = build_dataset(store, config, progress=False)
+    finally:
+        store.close()
+    one, two = (data.catalog.match(x) for x in (first, second))
+    assert one and two and one != two  # two strategies by their words...
+    assert data.catalog.renames() == {two: one}  # ...one approach by the hints
+    items = [*data.train_items, *data.heldout_items]
+    assert items and all(it.target == one for it in items)
+    assert not any(it.episode.sid == two for it in items)
 
 
 def _label_of(catalog: StrategyCatalog, sentence: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 from proxy.config import GuidanceConfig
@@ -9,7 +10,13 @@ from proxy.hints import evidence
 from proxy.hints.evidence import Observation
 from proxy.hints.memory import TaskMemory
 from proxy.hints.recommend import Recommender
-from proxy.hints.strategies import StrategyCatalog, approach_sentence
+from proxy.hints.strategies import (
+    Strategy,
+    StrategyCatalog,
+    approach_sentence,
+    hint_text,
+    hinted_sentence,
+)
 from proxy.hints.text import Vectorizer
 
 
@@ -139,3 +146,75 @@ def test_no_hint_when_nothing_known_works_well_enough() -> None:
     assert anyway.recommend(task).strategy is not None
     thin = Recommender(GuidanceConfig()).recommend(task)
     assert thin.strategy is None and thin.skip == "thin_evidence"
+
+
+PHRASINGS = {
+    "a1": "I used constraint propagation: listed every hard constraint first.",
+    "a2": "Approach: propagate the constraints, pruning each option that breaks one.",
+    "fav": "I took a greedy first fit: filled each slot with the first option.",
+    "c": "I ran a line-by-line checklist over every item before concluding.",
+}
+
+
+def catalog_of(*names: str) -> tuple[StrategyCatalog, dict[str, str]]:
+    cat = StrategyCatalog()
+    ids = {n: cat.assign(PHRASINGS[n]) for n in names}
+    assert all(ids.values()) and len(set(ids.values())) == len(names)
+    return cat, {n: sid for n, sid in ids.items() if sid}
+
+
+def test_phrasings_that_answer_each_others_hints_become_one_strategy() -> None:
+    cat, ids = catalog_of("a1", "a2", "c")
+    rng = random.Random(0)
+    for i in range(40):  # compliance 0.9; the approach is told either way at random
+        hinted = ids[("a1", "a2", "c")[i % 3]]
+        same = [ids["a1"], ids["a2"]] if hinted != ids["c"] else [hinted]
+        used = rng.choice(same) if rng.random() < 0.9 else ids["c" if hinted != ids["c"]
+                                                                else "a1"]
+        cat.observe_hint(hinted, used)
+    assert cat.renames() == {ids["a2"]: ids["a1"]}  # named after the first seen
+    assert cat.canonical(ids["a2"]) == ids["a1"] and cat.canonical(ids["c"]) == ids["c"]
+
+
+def test_a_favourite_that_ignores_hints_is_not_merged() -> None:
+    """A model that follows only 30 % of hints answers with its favourite after most
+    hints, but the favourite's own hint never yields the other: no alias."""
+    cat, ids = catalog_of("a1", "fav")
+    rng = random.Random(1)
+    for i in range(60):
+        hinted = ids["a1"] if i % 2 else ids["fav"]
+        follows = rng.random() < 0.3
+        used = hinted if follows else ids["fav"] if rng.random() < 0.9 else ids["a1"]
+        cat.observe_hint(hinted, used)
+    assert cat.aliases._pairs[(ids["a1"], ids["fav"])] > 10  # often answered the other
+    assert cat.renames() == {}
+
+
+def test_an_alias_comes_apart_when_the_hints_stop_agreeing() -> None:
+    cat, ids = catalog_of("a1", "a2")
+    for _ in range(4):
+        cat.observe_hint(ids["a1"], ids["a2"])
+        cat.observe_hint(ids["a2"], ids["a1"])
+    assert cat.renames() == {ids["a2"]: ids["a1"]}
+    for _ in range(40):  # a1's hint now always yields a1 itself
+        cat.observe_hint(ids["a1"], ids["a1"])
+    assert cat.renames() == {}
+
+
+def test_pooled_evidence_and_recorded_hints_round_trip() -> None:
+    """Each phrasing alone has too little evidence for a decision; as one approach they
+    have enough, and the hint quotes the first-seen phrasing."""
+    rec = Recommender(GuidanceConfig(min_evidence=10))
+    task = "Plan a two-day offsite for the sales team; the budget is fixed"
+    for i in range(12):
+        used, other = ("a1", "a2") if i % 2 == 0 else ("a2", "a1")
+        # From the third call on, each answer followed a hint quoting the other phrasing.
+        recorded = hint_text(Strategy("x", PHRASINGS[other], "x")) if i >= 2 else None
+        rec.observe_call(f"r{i}", f"r{i}", f"{task} {i}", PHRASINGS[used],
+                         hinted_sentence(recorded))
+        rec.observe_outcome(f"r{i}", None, 1.0)
+    got = rec.recommend(task)
+    assert got.strategy is not None and got.strategy.text == PHRASINGS["a1"]
+    assert json.loads(got.stats_json or "{}")["strategies"] == {got.strategy.label: [12.0, 12]}
+    assert hinted_sentence(hint_text(got.strategy)) == PHRASINGS["a1"]
+    assert hinted_sentence("Be brief.") is None and hinted_sentence(None) is None

@@ -22,7 +22,7 @@ from proxy.config import Config
 from proxy.hints.adapters import AdapterWatcher
 from proxy.hints.llm import SmallModel
 from proxy.hints.recommend import Recommender
-from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
+from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text, hinted_sentence
 from proxy.hints.text import normalize
 from proxy.models import default_gguf
 from proxy.recorder import Recorder
@@ -72,7 +72,7 @@ class HintEngine:
         """Rebuild memory from the store, oldest first, so recency order holds."""
         rows = self.store.query(
             """SELECT c.request_id, c.episode_id, c.task_text, c.response_text,
-                      o.success, o.score
+                      c.hint_text, o.success, o.score
                FROM calls c LEFT JOIN call_outcomes o USING (request_id)
                WHERE c.task_text IS NOT NULL AND c.response_text IS NOT NULL
                  AND c.status = 200
@@ -82,7 +82,7 @@ class HintEngine:
         rec = self.recommender
         for row in reversed(rows):
             rec.observe_call(row["request_id"], row["episode_id"], row["task_text"],
-                             row["response_text"])
+                             row["response_text"], hinted_sentence(row["hint_text"]))
             value = _outcome_value(row["success"], row["score"])
             if value is not None:
                 rec.observe_outcome(row["request_id"], None, value)
@@ -93,7 +93,8 @@ class HintEngine:
         if row.get("status") != 200 or not row.get("task_text"):
             return
         self.recommender.observe_call(row["request_id"], row["episode_id"],
-                                      row["task_text"], row.get("response_text"))
+                                      row["task_text"], row.get("response_text"),
+                                      hinted_sentence(row.get("hint_text")))
 
     def observe_outcome(self, row: dict[str, Any]) -> None:
         value = _outcome_value(row.get("success"), row.get("score"))

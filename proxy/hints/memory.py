@@ -93,7 +93,11 @@ class TaskMemory:
             if slot is not None:
                 slot.success = value
 
-    def neighbours(self, vec: Vector, k: int, min_similarity: float) -> list[Observation]:
+    def neighbours(self, vec: Vector, k: int, min_similarity: float,
+                   renames: dict[str, str] | None = None) -> list[Observation]:
+        """The k most similar past tasks with an outcome; ``renames`` maps a strategy id
+        to the one that stands for its group (phrasings of one approach)."""
+        renames = renames or {}
         with self._lock:
             # Only the filled rows: the matrix is allocated at full capacity up front.
             sims = self._vectors[: min(self._seq, self.capacity)] @ vec
@@ -111,5 +115,6 @@ class TaskMemory:
                 slot = self._slots[idx]
                 if slot is None or math.isnan(slot.success):
                     continue
-                out.append(Observation(slot.sid, slot.success, sim, slot.seq))
+                out.append(Observation(renames.get(slot.sid, slot.sid), slot.success, sim,
+                                       slot.seq))
             return out

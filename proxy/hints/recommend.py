@@ -38,10 +38,13 @@ class Recommender:
         self.rng = random.Random(cfg.seed)
 
     def observe_call(self, request_id: str, episode_id: str, task: str,
-                     response: str | None) -> None:
+                     response: str | None, hinted: str | None = None) -> None:
+        """A finished call; ``hinted`` is the approach sentence its hint quoted."""
         sid = self.catalog.assign(response)
         if sid is not None:
             self.memory.add(request_id, episode_id, self.vectorizer.vector(task), sid)
+            if hinted is not None:
+                self.catalog.observe_hint(self.catalog.match(hinted), sid)
 
     def observe_outcome(self, request_id: str | None, episode_id: str | None,
                         value: float) -> None:
@@ -49,7 +52,7 @@ class Recommender:
 
     def recommend(self, task: str) -> Recommendation:
         obs = self.memory.neighbours(self.vectorizer.vector(task), self.cfg.similar_k,
-                                     self.cfg.min_similarity)
+                                     self.cfg.min_similarity, self.catalog.renames())
         stats = evidence.summarize(obs, self.memory.seq, self.cfg.half_life)
         stats_json = self._stats_json(stats) if stats else None
         best = evidence.best(stats, self.cfg.min_evidence, self.cfg.optimism)
@@ -70,7 +73,8 @@ class Recommender:
         """A strategy known anywhere but least tried on tasks like this one: how a
         better approach than the current best gets discovered, and how a change in
         what works gets noticed."""
-        known = [s for s in self.catalog if s.count > 0]
+        renames = self.catalog.renames()
+        known = [s for s in self.catalog if s.count > 0 and s.id not in renames]
         if not known:
             return None
         return min(known, key=lambda s: (stats[s.id].n if s.id in stats else 0,

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from proxy.hints.aliases import Aliases
 from proxy.hints.text import content_words, jaccard, words
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -48,10 +49,13 @@ def _sid(text: str) -> str:
 
 
 class StrategyCatalog:
-    """Online clustering of approach sentences into strategies."""
+    """Online clustering of approach sentences into strategies, plus the phrasings that
+    answer each other's hints (``aliases``), which are one approach."""
 
     def __init__(self) -> None:
         self._by_id: dict[str, Strategy] = {}
+        self._order: dict[str, int] = {}  # first sighting
+        self.aliases = Aliases()
         self._sets: dict[str, set[str]] = {}
         self._exact: dict[str, str] = {}
         # word -> strategies using it, so matching a new sentence looks only at
@@ -73,15 +77,29 @@ class StrategyCatalog:
         sentence = approach_sentence(response_text)
         if sentence is None:
             return None
-        key = " ".join(words(sentence))
-        sid = self._exact.get(key)
-        if sid is None:
-            sid = self._nearest(set(content_words(sentence)))
+        sid = self.match(sentence)
         if sid is None:
             sid = self._add(sentence)
-        self._exact[key] = sid
+        self._exact[" ".join(words(sentence))] = sid
         self._by_id[sid].count += 1
         return sid
+
+    def match(self, sentence: str) -> str | None:
+        """The strategy an approach sentence belongs to, if it is known."""
+        sid = self._exact.get(" ".join(words(sentence)))
+        return sid if sid is not None else self._nearest(set(content_words(sentence)))
+
+    def observe_hint(self, hinted: str | None, used: str | None) -> None:
+        """A guided call was hinted ``hinted`` and its answer used ``used``."""
+        if hinted is not None and used is not None and hinted in self._by_id:
+            self.aliases.observe(hinted, used)
+
+    def renames(self) -> dict[str, str]:
+        """Id → the id of its group, for strategies grouped with an older one."""
+        return self.aliases.roots(lambda sid: self._order.get(sid, len(self._order)))
+
+    def canonical(self, sid: str) -> str:
+        return self.renames().get(sid, sid)
 
     def _nearest(self, wordset: set[str]) -> str | None:
         # Two sentences with Jaccard >= 0.6 share most words, so they share at least
@@ -102,6 +120,7 @@ class StrategyCatalog:
 
     def _add(self, sentence: str) -> str:
         sid = _sid(sentence)
+        self._order[sid] = len(self._order)
         self._by_id[sid] = Strategy(sid, sentence, self._unique_label(sentence))
         self._index(sid, set(content_words(sentence)))
         return sid
@@ -140,6 +159,7 @@ class StrategyCatalog:
         cat = cls()
         for item in json.loads(text):
             s = Strategy(**item)
+            cat._order[s.id] = len(cat._order)
             cat._by_id[s.id] = s
             cat._labels.add(s.label)
             cat._index(s.id, set(content_words(s.text)))
@@ -147,10 +167,18 @@ class StrategyCatalog:
         return cat
 
 
+HINT_PREFIX = "Approach that has worked best for similar tasks — follow it: "
+
+
 def hint_text(strategy: Strategy) -> str:
     """What the big model is told. It quotes how a successful answer described its
     approach, so the strategy is named in the model's own words."""
-    return (
-        "Approach that has worked best for similar tasks — follow it: "
-        f"\"{strategy.text}\""
-    )
+    return f"{HINT_PREFIX}\"{strategy.text}\""
+
+
+def hinted_sentence(text: str | None) -> str | None:
+    """The approach sentence a recorded ``hint_text`` quoted, or None."""
+    if not text or not text.startswith(HINT_PREFIX):
+        return None
+    quoted = text[len(HINT_PREFIX):]
+    return quoted[1:-1] if len(quoted) >= 2 and quoted[0] == quoted[-1] == '"' else None
