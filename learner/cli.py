@@ -54,6 +54,7 @@ class Cycle:
 
     config: Config
     max_steps: int | None = None  # overrides the planned steps (smoke runs, tests)
+    cold: bool = False  # train from scratch even when the serving adapter could continue
     run_id: str = field(default_factory=publish.new_run_id)
     started_at: datetime = field(default_factory=publish.now)
     started: float = field(default_factory=time.monotonic)
@@ -109,7 +110,7 @@ class Cycle:
         manifest = self._manifest(dataset, base, gate.reason, gate.rule)
         version = self.timed("publish", lambda: publish.publish_version(
             self.config.state_dir, gguf, dataset.catalog.to_json(), manifest,
-            keep=self.config.learner.keep_versions))
+            keep=self.config.learner.keep_versions, peft_dir=result.adapter_dir))
         return Outcome("ok", "promoted", version, gate.reason)
 
     def _train_budget(self, eval_seconds: float) -> float:
@@ -130,16 +131,25 @@ class Cycle:
     def _train(self, dataset: Dataset, base: Path, out: Path, budget: float) -> TrainResult:
         from dataclasses import replace  # noqa: PLC0415
 
+        from learner import warm  # noqa: PLC0415
         from learner.train import steps_per_epoch, train_lora  # noqa: PLC0415
 
         cfg = self.config.learner
-        steps = self.max_steps or EPOCHS * steps_per_epoch(len(dataset.train),
-                                                           SETTINGS.batch_size)
+        start = None if self.cold else warm.find(self.config.state_dir,
+                                                 self._base_sha256(base), SETTINGS)
+        examples = dataset.train if start is None else warm.examples(dataset, start.since)
+        epochs = EPOCHS if start is None else warm.WARM_EPOCHS
+        steps = self.max_steps or epochs * steps_per_epoch(len(examples), SETTINGS.batch_size)
         settings = replace(SETTINGS, max_steps=steps, max_seconds=budget,
                            num_threads=cfg.threads)
-        result = train_lora(dataset.train, base, out, settings)
+        say(f"training from scratch on {len(examples)} examples" if start is None else
+            f"continuing {start.version} on {len(examples)} examples (new since its data "
+            "window, plus older ones rehearsed)")
+        result = train_lora(examples, base, out, settings,
+                            init=start.weights if start else None)
         train_s = result.seconds - result.load_seconds
         self.metrics["train"] = {
+            "init": start.version if start else None, "examples": len(examples),
             "backend": result.backend, "steps": result.steps, "planned_steps": steps,
             "stop_reason": result.stop_reason, "seconds": round(result.seconds, 3),
             "load_seconds": round(result.load_seconds, 3),
@@ -164,14 +174,16 @@ class Cycle:
             f"{agree.decision:.0%}, text {agree.text:.0%}")
         return agree.decision
 
-    def _manifest(self, dataset: Dataset, base: Path, reason: str, rule: str) -> dict[str, Any]:
+    def _base_sha256(self, base: Path) -> str:
         from learner.basemodel import sha256_file  # noqa: PLC0415
 
+        return sha256_file(base, self.config.state_dir / "cache")
+
+    def _manifest(self, dataset: Dataset, base: Path, reason: str, rule: str) -> dict[str, Any]:
         return {
             "created_at": publish.now().isoformat(),
             "run_id": self.run_id,
-            "base_model": {"path": str(base),
-                           "sha256": sha256_file(base, self.config.state_dir / "cache")},
+            "base_model": {"path": str(base), "sha256": self._base_sha256(base)},
             "data_window": dataset.stats["window"],
             "counts": {k: v for k, v in dataset.stats.items() if k != "window"},
             "metrics": {k: self.metrics.get(k)
@@ -225,8 +237,8 @@ def _finish(config: Config, cycle: Cycle, outcome: Outcome) -> int:
     return outcome.exit_code
 
 
-def cmd_train(config: Config, max_steps: int | None = None) -> int:
-    cycle = Cycle(config, max_steps)
+def cmd_train(config: Config, args: argparse.Namespace) -> int:
+    cycle = Cycle(config, args.max_steps, args.cold)
     try:
         with publish.run_lock(config.state_dir):
             _renice(config.learner.nice)
@@ -236,7 +248,7 @@ def cmd_train(config: Config, max_steps: int | None = None) -> int:
     return _finish(config, cycle, outcome)
 
 
-def cmd_rollback(config: Config, max_steps: int | None = None) -> int:
+def cmd_rollback(config: Config, args: argparse.Namespace) -> int:
     cycle = Cycle(config)
     try:
         with publish.run_lock(config.state_dir):
@@ -247,7 +259,7 @@ def cmd_rollback(config: Config, max_steps: int | None = None) -> int:
     return _finish(config, cycle, outcome)
 
 
-def cmd_status(config: Config, max_steps: int | None = None) -> int:
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
     state = config.state_dir
     current = publish.read_current(state)
     if current is None:
@@ -264,7 +276,7 @@ def cmd_status(config: Config, max_steps: int | None = None) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[Config, int | None], int]] = {
+COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {
     "train": cmd_train, "rollback": cmd_rollback, "status": cmd_status,
 }
 
@@ -280,15 +292,19 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--config", required=True, help="the proxy's YAML config file")
         if name == "train":
             cmd.add_argument("--max-steps", type=_positive, default=None,
-                             help="train at most this many steps (default: 3 epochs); "
+                             help="train at most this many steps (default: 3 epochs from "
+                                  "scratch, 2 when continuing the serving adapter); "
                                   "learner.max_train_seconds still applies")
+            cmd.add_argument("--cold", action="store_true",
+                             help="train from scratch instead of continuing the serving "
+                                  "adapter")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         print(f"learner: {exc}", file=sys.stderr)
         return 2
-    return COMMANDS[args.command](config, getattr(args, "max_steps", None))
+    return COMMANDS[args.command](config, args)
 
 
 def _positive(text: str) -> int:

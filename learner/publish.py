@@ -3,6 +3,8 @@
 Layout (see docs/architecture.md)::
 
     adapters/v000007/{adapter.gguf, catalog.json, manifest.json}
+    adapters/v000007/peft/{adapter_model.safetensors, adapter_config.json}
+                            the same adapter for training to continue from (learner/warm.py)
     adapters/current.json   {"version", "adapter": "v000007/adapter.gguf", "catalog": ...}
     runs/<run_id>.json      one learner_runs row per run, ingested by the proxy
 
@@ -31,6 +33,7 @@ from proxy.config import Config
 from proxy.store import RUN_COLUMNS, Store, StoreError
 
 _VERSION = re.compile(r"^v(\d{6})$")
+PEFT_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
 class LearnerBusy(RuntimeError):
@@ -137,10 +140,11 @@ def point_current(state_dir: Path, version: str) -> None:
 
 def publish_version(
     state_dir: Path, adapter_gguf: Path, catalog_json: str, manifest: dict[str, Any],
-    *, keep: int, make_current: bool = True,
+    *, keep: int, make_current: bool = True, peft_dir: Path | None = None,
 ) -> str:
-    """Copy the adapter, catalog and manifest into the next version and (by default)
-    point ``current.json`` at it; then drop versions beyond ``keep``."""
+    """Copy the adapter, catalog and manifest (and the PEFT weights, when given) into
+    the next version and (by default) point ``current.json`` at it; then drop versions
+    beyond ``keep``."""
     root = adapters_dir(state_dir)
     root.mkdir(parents=True, exist_ok=True)
     version = next_version(state_dir)
@@ -150,7 +154,13 @@ def publish_version(
         shutil.copyfile(adapter_gguf, staging / "adapter.gguf")
         (staging / "catalog.json").write_text(catalog_json, encoding="utf-8")
         write_json_atomic(staging / "manifest.json", {**manifest, "version": version})
-        for name in ("adapter.gguf", "catalog.json"):
+        written = ["adapter.gguf", "catalog.json"]
+        if peft_dir is not None:
+            (staging / "peft").mkdir()
+            for name in PEFT_FILES:
+                shutil.copyfile(peft_dir / name, staging / "peft" / name)
+            written += [f"peft/{name}" for name in PEFT_FILES]
+        for name in written:
             with open(staging / name, "rb") as fh:
                 os.fsync(fh.fileno())
         _fsync_dir(staging)
@@ -163,6 +173,12 @@ def publish_version(
         point_current(state_dir, version)
     prune(state_dir, keep)
     return version
+
+
+def peft_weights(state_dir: Path, version: str) -> Path | None:
+    """The version's PEFT adapter folder, if it was published with one."""
+    folder = adapters_dir(state_dir) / version / "peft"
+    return folder if all((folder / name).is_file() for name in PEFT_FILES) else None
 
 
 def prune(state_dir: Path, keep: int) -> list[str]:

@@ -168,6 +168,20 @@ def _load_unsloth(base_gguf: Path, out_dir: Path, settings: TrainSettings) -> tu
     return model, tokenizer
 
 
+def _load_adapter_weights(model: Any, folder: Path) -> None:
+    """Overwrite the fresh LoRA weights with a saved adapter's; every LoRA tensor must
+    be there, or training would silently start half from scratch."""
+    from peft import set_peft_model_state_dict  # noqa: PLC0415
+    from safetensors.torch import load_file  # noqa: PLC0415
+
+    state = load_file(str(folder / "adapter_model.safetensors"))
+    result: Any = set_peft_model_state_dict(model, state)  # torch's _IncompatibleKeys
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"adapter in {folder} does not fit: {len(missing)} LoRA tensors "
+                         f"missing, {len(result.unexpected_keys)} unexpected")
+
+
 def _encode(
     examples: Sequence[Example], tokenizer: Any, max_length: int
 ) -> list[tuple[list[int], int]]:
@@ -348,9 +362,11 @@ def _run_loop(
 
 
 def train_lora(
-    examples: Sequence[Example], base_gguf: Path, out_dir: Path, settings: TrainSettings
+    examples: Sequence[Example], base_gguf: Path, out_dir: Path, settings: TrainSettings,
+    init: Path | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on ``examples`` and save it (PEFT format) to ``out_dir``.
+    """Train a LoRA adapter on ``examples`` and save it (PEFT format) to ``out_dir``,
+    starting from the PEFT adapter in ``init`` (same shape) when given.
 
     Always takes at least one step; stops early (after the running step) once
     ``settings.max_seconds`` has elapsed or the loss has converged, keeping what was
@@ -368,6 +384,8 @@ def train_lora(
         model, tokenizer = _load_unsloth(base_gguf, out_dir, settings)
     else:
         model, tokenizer = _load_cpu(base_gguf, settings)
+    if init is not None:
+        _load_adapter_weights(model, init)
     load_seconds = time.monotonic() - started
     losses, stop_reason = _run_loop(model, tokenizer, examples, settings, started)
     out_dir.mkdir(parents=True, exist_ok=True)

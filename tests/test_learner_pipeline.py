@@ -409,14 +409,16 @@ def _fresh_task_hits(world: World, adapter: Path, catalog: StrategyCatalog) -> l
 def test_gate_refuses_a_worse_adapter_through_the_snapshot_route(
     world: World, first_run: subprocess.CompletedProcess[str]
 ) -> None:
-    """A proxy holds the store; a 1-step adapter (barely trained) must not replace v1."""
+    """A proxy holds the store; a 1-step adapter trained from scratch (barely trained)
+    must not replace v1."""
     from proxy.app import create_app
 
     assert first_run.returncode == 0
     pointer = world.config.state_dir / "adapters" / "current.json"
     before = pointer.read_bytes()
     with ServerThread(create_app(world.config), port=world.port):
-        proc = run_learner("train", "--config", str(world.config_path), "--max-steps", "1")
+        proc = run_learner("train", "--config", str(world.config_path), "--max-steps", "1",
+                           "--cold")
         run = runs_of(world.config)[0]
         # The learner could not write the store; the proxy ingests its run record.
         ingested = world.config.state_dir / "runs" / "ingested" / f"{run['run_id']}.json"
@@ -465,3 +467,27 @@ def test_rollback_restores_the_previous_version(
     assert status.returncode == 0 and status.stdout.startswith(f"current: {v1.version}")
     again = run_learner("rollback", "--config", str(world.config_path))
     assert again.returncode == 1 and "no kept version older" in again.stderr
+
+
+@pytest.mark.slow
+def test_the_next_run_continues_the_serving_adapter(
+    world: World, first_run: subprocess.CompletedProcess[str]
+) -> None:
+    """v000001 was published with its PEFT weights; the next run starts from them (its
+    first loss is a fraction of a cold start's) and, with no episode newer than
+    v000001's data window, trains on a rehearsal sample only."""
+    from learner.warm import WARM_MIN_REPLAY
+
+    assert first_run.returncode == 0
+    state = world.config.state_dir
+    publish.point_current(state, "v000001")  # whatever the tests before left current at
+    assert publish.peft_weights(state, "v000001") is not None
+    proc = run_learner("train", "--config", str(world.config_path), "--max-steps", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "continuing v000001 on" in proc.stderr
+    runs = runs_of(world.config)
+    cold = next(r for r in runs if r["version"] == "v000001" and r["decision"] == "promoted")
+    warm, first = (json.loads(r["metrics"])["train"] for r in (runs[0], cold))
+    assert warm["init"] == "v000001" and first["init"] is None
+    assert warm["examples"] == min(first["examples"], WARM_MIN_REPLAY)
+    assert warm["loss_first"] < 0.3 * first["loss_first"], (warm, first)
