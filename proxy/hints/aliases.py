@@ -28,6 +28,9 @@ class Aliases:
     def __init__(self) -> None:
         self._hinted: Counter[str] = Counter()  # hints given, per strategy
         self._pairs: Counter[tuple[str, str]] = Counter()  # (hinted, used), hinted != used
+        # Unordered pairs seen often enough both ways to be linked: the only ones worth
+        # checking again, so a recount stays cheap however many strategies there are.
+        self._candidates: set[tuple[str, str]] = set()
         self._roots: dict[str, str] | None = {}  # None: recompute from the counts
 
     def observe(self, hinted: str, used: str) -> None:
@@ -35,7 +38,10 @@ class Aliases:
         self._hinted[hinted] += 1
         if used != hinted:
             self._pairs[(hinted, used)] += 1
-        self._roots = None
+            if min(self._pairs[(hinted, used)], self._pairs[(used, hinted)]) >= ALIAS_MIN_PAIRS:
+                self._candidates.add((min(hinted, used), max(hinted, used)))
+        if self._candidates:
+            self._roots = None
 
     def roots(self, order: Callable[[str], int]) -> dict[str, str]:
         """Strategy id → the id that stands for its group, for the other members of a
@@ -60,8 +66,8 @@ class Aliases:
                 x = parent[x]
             return x
 
-        for a, b in self._pairs:
-            if a < b and self._linked(a, b):
+        for a, b in sorted(self._candidates):
+            if self._linked(a, b):
                 ra, rb = find(a), find(b)
                 if ra != rb:
                     keep, drop = sorted((ra, rb), key=order)
