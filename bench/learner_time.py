@@ -1,6 +1,7 @@
-"""Wall time of one nightly learner run on N recorded trajectories.
+"""Wall time of a nightly learner run on N recorded trajectories.
 
-    python -m bench.learner_time [--world FILE] [--trajectories 2000] [--out F] [--keep]
+    python -m bench.learner_time [--world FILE] [--trajectories 2000] [--then 300]
+                                 [--out F] [--keep]
 
 Records N tasks of a world (default office-ops) through the real proxy (``python -m
 proxy``, guided, retrieval-only), with their outcomes posted to the webhook, so the store
@@ -8,6 +9,9 @@ holds exactly what a deployment's would. Then, with that proxy still serving, it
 ``python -m learner train --config <the proxy's yaml>`` once, as the nightly job does,
 and reports the job's wall time, the phase breakdown from its run record (dataset, train,
 export, verify, gate, publish) and what the training managed within its time budget.
+That first run has no adapter to continue, so it trains from scratch. With ``--then M``
+another M tasks (the next day) are recorded and the job runs again: the usual night,
+which continues the adapter the first run published.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +34,7 @@ from bench.harness.agent import Agent, ArmResult
 from bench.harness.processes import ProxyProcess, arm_guidance, last_line, run_learner, tail
 from bench.sim import load_world
 from bench.sim.server import SimServer
-from bench.sim.world import World
+from bench.sim.world import Task, World
 from learner import publish
 from proxy.config import load_config
 
@@ -43,6 +48,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--world", type=Path, default=DEFAULT_WORLD)
     parser.add_argument("--trajectories", type=int, default=2000,
                         help="tasks (episodes) to record before the run")
+    parser.add_argument("--then", type=int, default=0,
+                        help="record this many more tasks and run the job again (warm)")
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds before the learner job is killed")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON")
@@ -59,32 +66,23 @@ def sized(world: World, trajectories: int) -> World:
     return replace(world, phases=phases)
 
 
-def record(world: World, proxy: ProxyProcess, server: SimServer) -> ArmResult:
+def record(tasks: Sequence[Task], proxy: ProxyProcess, server: SimServer) -> ArmResult:
     result = ArmResult("guided", "retrieval")
     agent = Agent(server, proxy, result)
-    for task in tqdm(server.tasks, unit="task", desc="recording", dynamic_ncols=True):
+    for task in tqdm(tasks, unit="task", desc="recording", dynamic_ncols=True):
         agent.run(task)
     proxy.drain()
     return result
 
 
-def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    world = sized(load_world(args.world), args.trajectories)
-    with SimServer(world) as server, \
-            ProxyProcess(workdir / "proxy", server.base_url, arm_guidance("retrieval")) as proxy:
-        recorded = record(world, proxy, server)
-        log_path = workdir / "learner.log"
-        print("learner: running python -m learner train (progress in "
-              f"{log_path})", file=sys.stderr, flush=True)
-        status, code, seconds = run_learner(proxy.config_path, log_path, args.timeout)
-        config = load_config(proxy.config_path)
-        runs = publish.recent_runs(config.state_dir, limit=1)
+def nightly_job(proxy: ProxyProcess, log_path: Path, timeout: float) -> dict[str, Any]:
+    print("learner: running python -m learner train (progress in "
+          f"{log_path})", file=sys.stderr, flush=True)
+    status, code, seconds = run_learner(proxy.config_path, log_path, timeout)
+    runs = publish.recent_runs(load_config(proxy.config_path).state_dir, limit=1)
     run = runs[0] if runs else {}
     metrics = json.loads(run.get("metrics") or "{}")  # stored as JSON text
     return {
-        "world": world.name,
-        "trajectories": len(server.tasks),
-        "recording_errors": len(recorded.errors),
         "learner": {"status": status, "exit_code": code, "wall_seconds": round(seconds, 1),
                     "last_line": last_line(tail(log_path))},
         "phases_seconds": metrics.get("seconds", {}),
@@ -93,27 +91,51 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "gate": metrics.get("gate", {}),
         "agreement": metrics.get("agreement", {}),
         "decision": run.get("decision"),
-        "target_seconds": TARGET_S,
     }
 
 
+def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    world = sized(load_world(args.world), args.trajectories + args.then)
+    with SimServer(world) as server, \
+            ProxyProcess(workdir / "proxy", server.base_url, arm_guidance("retrieval")) as proxy:
+        first = server.tasks[: args.trajectories]
+        errors = len(record(first, proxy, server).errors)
+        result = {"world": world.name, "trajectories": len(first),
+                  **nightly_job(proxy, workdir / "learner.log", args.timeout)}
+        if args.then:
+            errors += len(record(server.tasks[len(first):], proxy, server).errors)
+            result["next_night"] = {"trajectories": len(server.tasks),
+                                    **nightly_job(proxy, workdir / "learner-2.log",
+                                                  args.timeout)}
+    return {**result, "recording_errors": errors, "target_seconds": TARGET_S}
+
+
 def print_summary(result: dict[str, Any], command: str) -> None:
-    job = result["learner"]
-    train = result["train"]
-    print(f"\nnightly learner on {result['trajectories']} recorded trajectories "
-          f"({result['world']}): {job['status']} in {job['wall_seconds']:.0f} s "
-          f"(target <= {result['target_seconds']:.0f} s)")
-    for phase, seconds in result["phases_seconds"].items():
+    print_run(result, result["world"], result["target_seconds"])
+    if "next_night" in result:
+        print_run(result["next_night"], result["world"], result["target_seconds"])
+    print(f"reproduce: {command}")
+
+
+def print_run(run: dict[str, Any], world: str, target: float) -> None:
+    job = run["learner"]
+    train = run["train"]
+    print(f"\nnightly learner on {run['trajectories']} recorded trajectories "
+          f"({world}): {job['status']} in {job['wall_seconds']:.0f} s "
+          f"(target <= {target:.0f} s)")
+    for phase, seconds in run["phases_seconds"].items():
         print(f"  {phase:8s} {seconds:8.1f} s")
     if train:
-        print(f"  training: {train.get('steps')}/{train.get('planned_steps')} steps, "
+        start = f"continuing {train['init']}" if train.get("init") else "from scratch"
+        print(f"  training {start} on {train.get('examples')} examples: "
+              f"{train.get('steps')}/{train.get('planned_steps')} steps, "
               f"stopped by {train.get('stop_reason')}, {train.get('steps_per_s')} steps/s, "
               f"loss {train.get('loss_first'):.3f} -> {train.get('loss_last'):.3f}")
-    gate = result["gate"]
+    gate = run["gate"]
     if gate:
-        print(f"  gate: new {gate['new']}, retrieval {gate['retrieval']}")
-    print(f"  decision: {result['decision']}; {job['last_line'][:160]}")
-    print(f"reproduce: {command}")
+        print(f"  gate: new {gate['new']}, retrieval {gate['retrieval']}, "
+              f"serving {gate['current']}")
+    print(f"  decision: {run['decision']}; {job['last_line'][:160]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print_summary(result, command)
-    return 0 if result["learner"]["status"] == "ok" else 1
+    jobs = [result, result.get("next_night") or result]
+    return 0 if all(job["learner"]["status"] == "ok" for job in jobs) else 1
 
 
 if __name__ == "__main__":

@@ -80,8 +80,8 @@ def _workload(run: Run) -> None:
     for i in range(EPISODES):
         episode = f"ep-{i:03d}"
         answers = [_chat(run, episode, i, turn) for turn in range(1 + (i % 3 == 0))]
-        rid, text = answers[-1]
-        worked = "alpha" in text
+        rid = answers[-1][0]
+        worked = "alpha" in answers[0][1]  # an episode's approach is its first answer's
         if i == EPISODES - 1:
             continue  # one episode never gets an outcome
         if i % 4 == 0:

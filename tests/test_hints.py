@@ -79,7 +79,8 @@ def test_holdout_fraction_within_tolerance(tmp_path: Path) -> None:
 # -- retrieval ---------------------------------------------------------------------------
 class StrategyUpstream(FakeUpstream):
     """Answers with the approach named in the system prompt, else alternates. 'alpha'
-    is the approach that works; the test posts outcomes accordingly."""
+    is the approach that works; the test posts outcomes accordingly. The two answers
+    share few words, so the catalog keeps them apart."""
 
     async def chat(self, request):  # type: ignore[no-untyped-def]
         body = await self._record(request)
@@ -87,7 +88,8 @@ class StrategyUpstream(FakeUpstream):
         n = len(self.received)
         use = "alpha" if "alpha" in system else ("beta" if "beta" in system else
                                                  ("alpha" if n % 2 else "beta"))
-        text = f"I used the {use} method: worked through it step by step. Done."
+        text = ("I used the alpha method: worked through it step by step. Done." if use ==
+                "alpha" else "Went with beta guesswork, skipping every check. Done.")
         from starlette.responses import JSONResponse
         return JSONResponse({"id": "x", "object": "chat.completion", "created": 0,
                              "model": "m", "choices": [{"index": 0, "finish_reason": "stop",
