@@ -19,9 +19,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from learner import publish
+from learner import publish, warm
 from learner.dataset import Dataset, load_dataset
-from learner.train import TrainResult, TrainSettings
+from learner.train import Example, TrainResult, TrainSettings
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
 
@@ -129,24 +129,22 @@ class Cycle:
         return budget
 
     def _train(self, dataset: Dataset, base: Path, out: Path, budget: float) -> TrainResult:
-        from dataclasses import replace  # noqa: PLC0415
+        from learner.train import AdapterMismatch, train_lora  # noqa: PLC0415
 
-        from learner import warm  # noqa: PLC0415
-        from learner.train import steps_per_epoch, train_lora  # noqa: PLC0415
-
-        cfg = self.config.learner
         start = None if self.cold else warm.find(self.config.state_dir,
                                                  self._base_sha256(base), SETTINGS)
-        examples = dataset.train if start is None else warm.examples(dataset, start.since)
-        epochs = EPOCHS if start is None else warm.WARM_EPOCHS
-        steps = self.max_steps or epochs * steps_per_epoch(len(examples), SETTINGS.batch_size)
-        settings = replace(SETTINGS, max_steps=steps, max_seconds=budget,
-                           num_threads=cfg.threads)
-        say(f"training from scratch on {len(examples)} examples" if start is None else
-            f"continuing {start.version} on {len(examples)} examples (new since its data "
-            "window, plus older ones rehearsed)")
-        result = train_lora(examples, base, out, settings,
-                            init=start.weights if start else None)
+        try:
+            examples, settings = self._plan(dataset, start, budget)
+            result = train_lora(examples, base, out, settings,
+                                init=start.weights if start else None)
+        except AdapterMismatch as exc:
+            if start is None:
+                raise
+            say(f"{exc}; training from scratch instead")
+            start = None
+            examples, settings = self._plan(dataset, None, budget)
+            result = train_lora(examples, base, out, settings)
+        steps = settings.max_steps
         train_s = result.seconds - result.load_seconds
         self.metrics["train"] = {
             "init": start.version if start else None, "examples": len(examples),
@@ -173,6 +171,23 @@ class Cycle:
         say(f"llama.cpp/PEFT agreement on {agree.n} held-out tasks: decisions "
             f"{agree.decision:.0%}, text {agree.text:.0%}")
         return agree.decision
+
+    def _plan(self, dataset: Dataset, start: warm.WarmStart | None,
+              budget: float) -> tuple[list[Example], TrainSettings]:
+        """What to train on and for how long: from scratch, every training example for
+        ``EPOCHS``; continuing ``start``, what it has not seen plus a rehearsal sample."""
+        from dataclasses import replace  # noqa: PLC0415
+
+        from learner.train import steps_per_epoch  # noqa: PLC0415
+
+        examples = dataset.train if start is None else warm.examples(dataset, start.since)
+        epochs = EPOCHS if start is None else warm.WARM_EPOCHS
+        steps = self.max_steps or epochs * steps_per_epoch(len(examples), SETTINGS.batch_size)
+        say(f"training from scratch on {len(examples)} examples" if start is None else
+            f"continuing {start.version} on {len(examples)} examples (new since its data "
+            "window, plus older ones rehearsed)")
+        return examples, replace(SETTINGS, max_steps=steps, max_seconds=budget,
+                                 num_threads=self.config.learner.threads)
 
     def _base_sha256(self, base: Path) -> str:
         from learner.basemodel import sha256_file  # noqa: PLC0415

@@ -163,6 +163,8 @@ def publish_version(
         for name in written:
             with open(staging / name, "rb") as fh:
                 os.fsync(fh.fileno())
+        if peft_dir is not None:
+            _fsync_dir(staging / "peft")
         _fsync_dir(staging)
         os.replace(staging, root / version)
     except BaseException:

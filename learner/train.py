@@ -168,18 +168,26 @@ def _load_unsloth(base_gguf: Path, out_dir: Path, settings: TrainSettings) -> tu
     return model, tokenizer
 
 
+class AdapterMismatch(ValueError):
+    """A saved adapter that this run cannot start from (unreadable or another shape)."""
+
+
 def _load_adapter_weights(model: Any, folder: Path) -> None:
     """Overwrite the fresh LoRA weights with a saved adapter's; every LoRA tensor must
     be there, or training would silently start half from scratch."""
     from peft import set_peft_model_state_dict  # noqa: PLC0415
+    from safetensors import SafetensorError  # noqa: PLC0415
     from safetensors.torch import load_file  # noqa: PLC0415
 
-    state = load_file(str(folder / "adapter_model.safetensors"))
-    result: Any = set_peft_model_state_dict(model, state)  # torch's _IncompatibleKeys
+    try:
+        state = load_file(str(folder / "adapter_model.safetensors"))
+        result: Any = set_peft_model_state_dict(model, state)  # torch's _IncompatibleKeys
+    except (OSError, RuntimeError, SafetensorError) as exc:  # unreadable, or wrong shapes
+        raise AdapterMismatch(f"cannot start from the adapter in {folder}: {exc}") from exc
     missing = [k for k in result.missing_keys if "lora_" in k]
     if missing or result.unexpected_keys:
-        raise ValueError(f"adapter in {folder} does not fit: {len(missing)} LoRA tensors "
-                         f"missing, {len(result.unexpected_keys)} unexpected")
+        raise AdapterMismatch(f"adapter in {folder} does not fit: {len(missing)} LoRA "
+                              f"tensors missing, {len(result.unexpected_keys)} unexpected")
 
 
 def _encode(

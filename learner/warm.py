@@ -12,7 +12,8 @@ with the refused night's episodes still counted as new.
 
 A run is cold when there is no serving adapter, it has no PEFT weights (published
 before warm starts existed, or by hand), it was trained on another base model or with
-another LoRA shape, or ``python -m learner train --cold`` asks for it.
+another LoRA shape, or ``python -m learner train --cold`` asks for it; and when its
+weights turn out unreadable, the run says so and trains from scratch instead.
 """
 
 from __future__ import annotations

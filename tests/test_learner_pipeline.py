@@ -491,3 +491,13 @@ def test_the_next_run_continues_the_serving_adapter(
     assert warm["init"] == "v000001" and first["init"] is None
     assert warm["examples"] == min(first["examples"], WARM_MIN_REPLAY)
     assert warm["loss_first"] < 0.3 * first["loss_first"], (warm, first)
+    # Weights that cannot be read do not stop the nightly job: it starts from scratch.
+    publish.point_current(state, "v000001")
+    weights = publish.peft_weights(state, "v000001")
+    assert weights is not None
+    (weights / "adapter_model.safetensors").write_bytes(b"not safetensors")
+    proc = run_learner("train", "--config", str(world.config_path), "--max-steps", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cannot start from the adapter" in proc.stderr
+    assert "training from scratch instead" in proc.stderr
+    assert json.loads(runs_of(world.config)[0]["metrics"])["train"]["init"] is None
