@@ -129,7 +129,8 @@ class Cycle:
         return budget
 
     def _train(self, dataset: Dataset, base: Path, out: Path, budget: float) -> TrainResult:
-        from learner.train import AdapterMismatch, train_lora  # noqa: PLC0415
+        from learner.lora_model import AdapterMismatch  # noqa: PLC0415
+        from learner.train import train_lora  # noqa: PLC0415
 
         start = None if self.cold else warm.find(self.config.state_dir,
                                                  self._base_sha256(base), SETTINGS)
