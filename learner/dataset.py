@@ -33,7 +33,7 @@ from proxy.config import Config
 from proxy.hints import evidence
 from proxy.hints.evidence import Observation
 from proxy.hints.prompt import END_OF_TURN, render
-from proxy.hints.strategies import StrategyCatalog, hinted_sentence
+from proxy.hints.strategies import StrategyCatalog
 from proxy.hints.text import Vectorizer
 from proxy.store import Store, StoreLocked, open_for_reading
 
@@ -186,9 +186,7 @@ def load_episodes(store: Store, catalog: StrategyCatalog) -> tuple[list[Episode]
         if value is None:
             value = _outcome_value(row["call_outcome"])
         sid = catalog.assign(row["response_text"])
-        hinted = hinted_sentence(row["hint_text"])
-        if hinted is not None:
-            catalog.observe_hint(catalog.match(hinted), sid)
+        catalog.observe_recorded_hint(row["hint_text"], sid)
         if value is None:
             counts["no_outcome"] += 1
         elif sid is None:

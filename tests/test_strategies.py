@@ -210,8 +210,7 @@ def test_pooled_evidence_and_recorded_hints_round_trip() -> None:
         used, other = ("a1", "a2") if i % 2 == 0 else ("a2", "a1")
         # From the third call on, each answer followed a hint quoting the other phrasing.
         recorded = hint_text(Strategy("x", PHRASINGS[other], "x")) if i >= 2 else None
-        rec.observe_call(f"r{i}", f"r{i}", f"{task} {i}", PHRASINGS[used],
-                         hinted_sentence(recorded))
+        rec.observe_call(f"r{i}", f"r{i}", f"{task} {i}", PHRASINGS[used], recorded)
         rec.observe_outcome(f"r{i}", None, 1.0)
     got = rec.recommend(task)
     assert got.strategy is not None and got.strategy.text == PHRASINGS["a1"]

@@ -22,7 +22,7 @@ from proxy.config import Config
 from proxy.hints.adapters import AdapterWatcher
 from proxy.hints.llm import SmallModel
 from proxy.hints.recommend import Recommender
-from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text, hinted_sentence
+from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
 from proxy.hints.text import normalize
 from proxy.models import default_gguf
 from proxy.recorder import Recorder
@@ -82,7 +82,7 @@ class HintEngine:
         rec = self.recommender
         for row in reversed(rows):
             rec.observe_call(row["request_id"], row["episode_id"], row["task_text"],
-                             row["response_text"], hinted_sentence(row["hint_text"]))
+                             row["response_text"], row["hint_text"])
             value = _outcome_value(row["success"], row["score"])
             if value is not None:
                 rec.observe_outcome(row["request_id"], None, value)
@@ -94,7 +94,7 @@ class HintEngine:
             return
         self.recommender.observe_call(row["request_id"], row["episode_id"],
                                       row["task_text"], row.get("response_text"),
-                                      hinted_sentence(row.get("hint_text")))
+                                      row.get("hint_text"))
 
     def observe_outcome(self, row: dict[str, Any]) -> None:
         value = _outcome_value(row.get("success"), row.get("score"))

@@ -38,13 +38,12 @@ class Recommender:
         self.rng = random.Random(cfg.seed)
 
     def observe_call(self, request_id: str, episode_id: str, task: str,
-                     response: str | None, hinted: str | None = None) -> None:
-        """A finished call; ``hinted`` is the approach sentence its hint quoted."""
+                     response: str | None, hint: str | None = None) -> None:
+        """A finished call; ``hint`` is its recorded ``hint_text``, if it had one."""
         sid = self.catalog.assign(response)
         if sid is not None:
             self.memory.add(request_id, episode_id, self.vectorizer.vector(task), sid)
-            if hinted is not None:
-                self.catalog.observe_hint(self.catalog.match(hinted), sid)
+            self.catalog.observe_recorded_hint(hint, sid)
 
     def observe_outcome(self, request_id: str | None, episode_id: str | None,
                         value: float) -> None:

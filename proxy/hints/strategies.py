@@ -94,6 +94,12 @@ class StrategyCatalog:
         if hinted is not None and used is not None and hinted in self._by_id:
             self.aliases.observe(hinted, used)
 
+    def observe_recorded_hint(self, hint: str | None, used: str | None) -> None:
+        """The same, from a call's recorded ``hint_text`` (None when it had no hint)."""
+        sentence = hinted_sentence(hint)
+        if sentence is not None:
+            self.observe_hint(self.match(sentence), used)
+
     def renames(self) -> dict[str, str]:
         """Id → the id of its group, for strategies grouped with an older one."""
         return self.aliases.roots(lambda sid: self._order.get(sid, len(self._order)))
