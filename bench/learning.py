@@ -58,10 +58,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                              "where the proxy never loads an adapter")
     parser.add_argument("--learner-timeout", type=float, default=DEFAULT_LEARNER_TIMEOUT_S,
                         help="seconds before a nightly job is killed")
+    parser.add_argument("--budget-ms", type=float,
+                        help="the guided arm's guidance.budget_ms (default: the proxy's); "
+                             "a larger one measures the small model's choices where this "
+                             "CPU cannot answer within the default")
     parser.add_argument("--keep", action="store_true", help="keep the arms' stores and logs")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be positive")
+    if args.budget_ms is not None and args.budget_ms <= 0:
+        parser.error("--budget-ms must be positive")
     return args
 
 
@@ -78,7 +84,7 @@ def arm_specs(args: argparse.Namespace) -> list[ArmSpec]:
     learner = args.learner == "on" or (args.learner == "auto" and mode != "retrieval")
     specs = {
         "control": ArmSpec("control", None, False, args.learner_timeout),
-        "guided": ArmSpec("guided", mode, learner, args.learner_timeout),
+        "guided": ArmSpec("guided", mode, learner, args.learner_timeout, args.budget_ms),
     }
     return [specs[a] for a in (("control", "guided") if args.arms == "both" else (args.arms,))]
 
@@ -135,6 +141,7 @@ def build_report(args: argparse.Namespace, argv: list[str], world: World,
         "command": command_line(argv),
         "guidance": args.guidance,
         "scale": args.scale,
+        "budget_ms": args.budget_ms,
         "metrics": metrics_json(report),
         "reachable_accuracy": reachable_accuracy(world),
         "retrain": retrain_json(results),

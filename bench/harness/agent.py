@@ -44,6 +44,7 @@ class ArmSpec:
     mode: str | None  # the proxy's guidance.mode; None: guidance off
     learner: bool  # run the nightly job after each day
     learner_timeout_s: float
+    budget_ms: float | None = None  # the guided arm's guidance.budget_ms; None: default
 
 
 @dataclass
@@ -120,7 +121,7 @@ def run_arm(
     server.reset()
     result = ArmResult(spec.name, spec.mode)
     start = time.perf_counter()
-    with ProxyProcess(directory, server.base_url, arm_guidance(spec.mode)) as proxy:
+    with ProxyProcess(directory, server.base_url, arm_guidance(spec.mode, spec.budget_ms)) as proxy:
         agent = Agent(server, proxy, result)
         for _, day in itertools.groupby(server.tasks, key=lambda t: t.day):
             tasks: Sequence[Task] = list(day)

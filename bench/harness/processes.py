@@ -154,7 +154,7 @@ def last_line(text: str) -> str:
 
 # -- the proxy -------------------------------------------------------------------
 
-def arm_guidance(mode: str | None) -> dict[str, Any]:
+def arm_guidance(mode: str | None, budget_ms: float | None = None) -> dict[str, Any]:
     """A learning-benchmark arm's guidance; ``mode`` None turns it off (the control arm).
 
     ``holdout: 0`` in a guided arm: the benchmark brings its own control arm, and the
@@ -162,7 +162,10 @@ def arm_guidance(mode: str | None) -> dict[str, Any]:
     """
     if mode is None:
         return {"enabled": False}
-    return {"enabled": True, "mode": mode, "holdout": 0.0}
+    guidance: dict[str, Any] = {"enabled": True, "mode": mode, "holdout": 0.0}
+    if budget_ms is not None:
+        guidance["budget_ms"] = budget_ms
+    return guidance
 
 
 def proxy_config(directory: Path, port: int, upstream: str, guidance: dict[str, Any], *,
