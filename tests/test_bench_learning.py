@@ -10,6 +10,8 @@ import pytest
 
 from bench.harness.processes import arm_guidance, last_line, proxy_config, run_learner
 from bench.learning import main, scale_world
+from bench.replay import guidance_config, replay
+from bench.replay import main as replay_main
 from bench.sim import parse_world
 
 TINY_WORLD = """
@@ -103,6 +105,14 @@ def test_retrieval_only_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert report["metrics"]["overall"]["retrain_seconds"] == []
     printed = capsys.readouterr().out
     assert "guided_success" in printed and "reproduce: python -m bench.learning" in printed
+    # The offline replay (bench.replay) must give what the real proxy gave, or the
+    # engine tuning done with it would not carry over.
+    offline = replay(parse_world(TINY_WORLD), guidance_config([]))
+    for scope in offline.phases:
+        online = report["metrics"]["phases"][scope.scope]
+        for name in ("guided_success", "control_success", "coverage", "accuracy",
+                     "adaptation"):
+            assert online[name] == getattr(scope, name), (scope.scope, name)
 
 
 def test_both_runs_the_learner_after_each_day(tmp_path: Path) -> None:
@@ -166,3 +176,21 @@ def test_learner_time_records_then_times_two_nightly_runs(
     assert night["train"]["init"] == "v000001" and night["learner"]["status"] == "ok"
     assert night["decision"] in ("promoted", "refused")
     assert "reproduce: python -m bench.learner_time" in capsys.readouterr().out
+
+
+def test_replay_over_seeds_and_overrides(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    world = tmp_path / "tiny.yaml"
+    world.write_text(TINY_WORLD, encoding="utf-8")
+    out = tmp_path / "replay.json"
+    assert replay_main(["--world", str(world), "--seeds", "3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text(encoding="utf-8"))["tiny"]
+    assert list(data["seeds"]) == ["5", "1", "2"]  # the world's own seed first
+    assert data["mean"]["coverage"] > 0.5
+    # With no evidence ever enough to act on, the engine never hints.
+    assert replay_main(["--world", str(world), "--seeds", "1", "--out", str(out),
+                        "--set", "min_evidence=100000"]) == 0
+    assert json.loads(out.read_text(encoding="utf-8"))["tiny"]["mean"]["coverage"] == 0
+    assert "reproduce: python -m bench.replay" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        replay_main(["--world", str(world), "--set", "no_such_key=1"])

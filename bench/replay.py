@@ -1,0 +1,175 @@
+"""Offline replay: the hint engine's memory over a world's stream, without the proxy.
+
+``python -m bench.replay --world FILE [--world FILE ...] [--seeds 8]
+[--set KEY=VALUE ...] [--out replay.json]``
+
+Drives ``proxy.hints.recommend.Recommender`` (what the proxy runs in
+``guidance.mode: retrieval``) task by task, exactly as the proxy would: the hint goes
+into the system prompt through the proxy's own ``inject_hint``, the simulated model
+decides with the spec's rules (``bench.sim.model.decide``), every turn's answer is
+observed and the outcome is posted for the episode before the next task. The control
+arm is the same stream with no hint. The spec's metrics come from ``bench.sim.metrics``.
+
+It takes seconds per world and seed where the real benchmark takes minutes, so the
+engine's rules can be judged over many world seeds (the world's own seed first, then
+1, 2, ...). On a world's own seed it gives the real retrieval-only run's numbers
+(pinned by a test). ``--set`` overrides a ``guidance`` key, e.g. ``--set min_success=0``.
+Nothing here changes the proxy: it is a measuring tool, used for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.sim import load_world
+from bench.sim.metrics import ArmLog, Report, compute
+from bench.sim.model import TaskRecord, decide, parse_messages, reply_text
+from bench.sim.world import Task, World
+from proxy.config import GuidanceConfig, load_config
+from proxy.errors import ConfigError
+from proxy.hints.recommend import Recommender
+from proxy.hints.strategies import Strategy, hint_text
+from proxy.payloads import inject_hint
+
+SUMMARY = ("accuracy", "coverage", "uplift", "transfer", "retention", "adaptation")
+
+
+def messages(world: World, task: Task) -> list[dict[str, str]]:
+    first: list[dict[str, str]] = []
+    if world.agent_system_prompt is not None:
+        first.append({"role": "system", "content": world.agent_system_prompt})
+    return [*first, {"role": "user", "content": task.text}]
+
+
+def record(task: Task, system_text: str, world: World) -> TaskRecord:
+    d = decide(world, task, system_text)
+    return TaskRecord(index=task.index, phase=task.phase, day=task.day,
+                      day_in_phase=task.day_in_phase, position=task.position,
+                      family=task.family, domain=task.domain, turns=task.turns,
+                      system_text=system_text, named=d.named, followed=d.followed,
+                      strategy=d.strategy, success=d.success, turns_seen=task.turns)
+
+
+def control_arm(world: World) -> list[TaskRecord]:
+    return [record(t, parse_messages(messages(world, t)).system_text, world)
+            for t in world.stream()]
+
+
+def guided_arm(world: World, guidance: GuidanceConfig) -> list[TaskRecord]:
+    rec = Recommender(guidance)
+    records = []
+    for task in world.stream():
+        chosen: Strategy | None = rec.recommend(task.text).strategy
+        body: dict[str, Any] = {"messages": messages(world, task)}
+        if chosen is not None:
+            body = inject_hint("/v1/chat/completions", body, hint_text(chosen))
+        rec_ = record(task, parse_messages(body["messages"]).system_text, world)
+        records.append(rec_)
+        episode = f"e{task.index}"
+        for turn in range(task.turns):
+            rec.observe_call(f"r{task.index}:{turn}", episode, task.text,
+                             reply_text(world, task, rec_.strategy, turn),
+                             hint_text(chosen) if chosen is not None else None)
+        rec.observe_outcome(None, episode, 1.0 if rec_.success else 0.0)
+    return records
+
+
+def replay(world: World, guidance: GuidanceConfig) -> Report:
+    return compute(world, ArmLog(control_arm(world)), ArmLog(guided_arm(world, guidance)))
+
+
+def summary(report: Report) -> dict[str, float | None]:
+    """Last-phase accuracy and coverage, and the overall spec metrics; adaptation is
+    the mean over the world's changed families."""
+    last, overall = report.phases[-1], report.overall
+    adapt = [v for v in overall.adaptation.values() if v is not None]
+    return {
+        "accuracy": last.accuracy, "coverage": last.coverage, "uplift": overall.uplift,
+        "transfer": overall.transfer, "retention": overall.retention,
+        "adaptation": statistics.fmean(adapt) if adapt else None,
+    }
+
+
+def guidance_config(overrides: list[str]) -> GuidanceConfig:
+    """The proxy's guidance defaults with ``KEY=VALUE`` overrides, validated as the
+    proxy validates its config file (unknown keys and bad values are errors)."""
+    values: dict[str, Any] = {"enabled": True, "mode": "retrieval", "holdout": 0.0}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        values[key.strip()] = yaml.safe_load(value)
+    try:
+        return load_config({"guidance": values}).guidance
+    except ConfigError as exc:
+        raise SystemExit(f"--set: {exc}") from exc
+
+
+def seeds_of(world: World, count: int) -> list[int]:
+    return [world.seed, *(s for s in range(1, count + 1) if s != world.seed)][:count]
+
+
+def run(paths: list[Path], count: int, guidance: GuidanceConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for path in paths:
+        world = load_world(path)
+        rows = {seed: summary(replay(dataclasses.replace(world, seed=seed), guidance))
+                for seed in seeds_of(world, count)}
+        out[world.name] = {"seeds": rows, "mean": mean_row(list(rows.values()))}
+    return out
+
+
+def mean_row(rows: list[dict[str, float | None]]) -> dict[str, float | None]:
+    def mean(key: str) -> float | None:
+        vals = [v for r in rows if (v := r[key]) is not None]
+        return statistics.fmean(vals) if vals else None
+    return {key: mean(key) for key in SUMMARY}
+
+
+def _cell(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.0%}" if key == "uplift" else f"{value:.3f}"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print("world          seed    " + "  ".join(f"{k:>10}" for k in SUMMARY))
+    for name, data in results.items():
+        for label, row in [*data["seeds"].items(), ("mean", data["mean"])]:
+            cells = "  ".join(f"{_cell(k, row[k]):>10}" for k in SUMMARY)
+            print(f"{name:14} {label!s:>6}  {cells}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", type=Path, action="append", required=True)
+    parser.add_argument("--seeds", type=int, default=8,
+                        help="world seeds per world: its own, then 1, 2, ... (default 8)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a guidance config key")
+    parser.add_argument("--out", type=Path, help="write the numbers as JSON")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    results = run(args.world, args.seeds, guidance_config(args.set))
+    print_table(results)
+    print("\nlast-phase accuracy and coverage; the rest overall (adaptation: mean of families)")
+    print("reproduce: " + shlex.join(["python", "-m", "bench.replay", *argv]))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
