@@ -292,7 +292,8 @@ def _best(
     # Age in episodes, as the engine's memory counts it; no optimism bonus: the label
     # to learn is the best-evidenced strategy, exploring is the engine's business.
     now = len(episodes) - 1
-    top = evidence.best(evidence.summarize(obs, now, ev.half_life), ev.min_evidence)
+    stats = evidence.summarize(obs, now, ev.half_life, evidence.change_point(obs))
+    top = evidence.best(stats, ev.min_evidence)
     return top.sid if top is not None else None
 
 

@@ -73,10 +73,27 @@ def test_sudden_drop_is_detected_and_the_alternative_retried() -> None:
     after = [Observation("s", float(i % 5 < 2), 0.9, 50 + i) for i in range(12)]
     assert evidence.change_point(before) is None
     assert evidence.best(evidence.summarize(before, 50, 250), 3, 0.2).sid == "s"  # type: ignore[union-attr]
-    since = evidence.change_point(before + after)
-    assert since is not None and 50 <= since <= 53
-    stats = evidence.summarize(before + after, 62, 250)
+    change = evidence.change_point(before + after)
+    assert change is not None and change.sid == "s" and 50 <= change.seq <= 53
+    assert evidence.best(evidence.summarize(before + after, 62, 250), 3, 0.2).sid == "s"  # type: ignore[union-attr]
+    stats = evidence.summarize(before + after, 62, 250, change)
     assert evidence.best(stats, 3, 0.2).sid == "t"  # type: ignore[union-attr]
+
+
+def test_a_detected_change_survives_a_lucky_run() -> None:
+    """Right after a drop the old winner's outcomes may run lucky for a while: the
+    evidence for the drop weakens below what declaring it takes, but a change already
+    detected holds until the evidence is down to the lower keep ratio."""
+    before = [Observation("s", float(i % 10 != 0), 0.9, i) for i in range(30)]  # 0.9
+    after = [Observation("s", float(i % 3 == 2), 0.9, 30 + i) for i in range(9)]  # 1/3
+    change = evidence.change_point(before + after)
+    assert change == evidence.Change("s", 30)
+    lucky = [Observation("s", float(i % 4 != 0), 0.9, 39 + i) for i in range(12)]  # 3/4
+    assert evidence.change_point(before + after + lucky) is None
+    assert evidence.change_point(before + after + lucky, {change}) == change
+    # Outcomes that no longer show a drop end it even so.
+    recovered = [Observation("s", 1.0, 0.9, 51 + i) for i in range(10)]
+    assert evidence.change_point(before + after + lucky + recovered, {change}) is None
 
 
 def test_change_detector_rarely_fires_on_a_steady_rate() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from proxy.config import GuidanceConfig
@@ -17,6 +18,7 @@ from proxy.hints.strategies import Strategy, StrategyCatalog
 from proxy.hints.text import Vectorizer
 
 VECTOR_DIM = 512
+KNOWN_CHANGES = 1024  # detected changes remembered for hysteresis, most recent kept
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class Recommender:
         self.memory = TaskMemory(dim=VECTOR_DIM, capacity=cfg.memory_size)
         self.catalog = StrategyCatalog()
         self.rng = random.Random(cfg.seed)
+        # A change is detected in one neighbourhood's outcomes and held while they
+        # still show it; keyed by the outcome it starts at, so it applies nowhere else.
+        self._changes: OrderedDict[evidence.Change, None] = OrderedDict()
 
     def observe_call(self, request_id: str, episode_id: str, task: str,
                      response: str | None, hint: str | None = None) -> None:
@@ -52,7 +57,13 @@ class Recommender:
     def recommend(self, task: str) -> Recommendation:
         obs = self.memory.neighbours(self.vectorizer.vector(task), self.cfg.similar_k,
                                      self.cfg.min_similarity, self.catalog.renames())
-        stats = evidence.summarize(obs, self.memory.seq, self.cfg.half_life)
+        change = evidence.change_point(obs, self._changes)
+        if change is not None:
+            self._changes[change] = None
+            self._changes.move_to_end(change)
+            while len(self._changes) > KNOWN_CHANGES:
+                self._changes.popitem(last=False)
+        stats = evidence.summarize(obs, self.memory.seq, self.cfg.half_life, change)
         stats_json = self._stats_json(stats) if stats else None
         best = evidence.best(stats, self.cfg.min_evidence, self.cfg.optimism)
         if best is None:
