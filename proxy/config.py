@@ -79,6 +79,7 @@ class GuidanceConfig:
     explore: float = 0.0
     memory_size: int = 50_000
     threads: int = 1
+    batch_threads: int = 2
     max_hint_tokens: int = 12
     adapter_poll_ms: int = 250
     seed: int = 0
@@ -275,6 +276,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("guidance.min_success: must be in [0, 1]")
     if cfg.guidance.budget_ms <= 0:
         raise ConfigError("guidance.budget_ms: must be positive")
+    if cfg.guidance.threads < 1 or cfg.guidance.batch_threads < 1:
+        raise ConfigError("guidance.threads and guidance.batch_threads: at least 1")
     if cfg.store.queue_size < 1 or cfg.store.batch_size < 1:
         raise ConfigError("store.queue_size and store.batch_size must be positive")
     for i, pattern in enumerate(cfg.store.redact.patterns):

@@ -44,6 +44,7 @@ def test_minimal_public_keys_work(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"guidance": {"holdout": 2}}, "guidance.holdout"),
     ({"guidance": {"mode": "magic"}}, "guidance.mode"),
     ({"guidance": {"min_success": 1.5}}, "guidance.min_success"),
+    ({"guidance": {"batch_threads": 0}}, "guidance.batch_threads"),
     ({"guidance": {"enabled": "yes"}}, "guidance.enabled"),
     ({"listen": "nope"}, "listen"),
     ({"learner": {"schedule": "every night"}}, "learner.schedule"),

@@ -182,6 +182,24 @@ def two_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pa
     return out
 
 
+def test_generation_stops_once_the_label_is_decided() -> None:
+    """With a catalog, the model stops as soon as one label fits what it has generated:
+    a label that shares only the first word of the model's full answer proves it."""
+    model = SmallModel(default_gguf(), threads=1, max_tokens=12)
+    try:
+        model.load(None, "base", None)
+        full = model.submit(TASK).result()[0]
+        first = full.split()[0]
+        cat = catalog({"s1": f"{first} zzz qqq", "s2": "unrelated label words"})
+        model.load(None, "base", cat)
+        assert model.submit(TASK).result() == (f"{first} zzz qqq", "base")
+        ambiguous = catalog({"s1": f"{first} zzz qqq", "s2": f"{first} yyy"})
+        model.load(None, "base", ambiguous)
+        assert model.submit(TASK).result() == (full, "base")  # never unique: all of it
+    finally:
+        model.close()
+
+
 def model_proxy(make_proxy: Callable[..., ProxyHandle], **guidance: object) -> ProxyHandle:
     return make_proxy(guidance={"enabled": True, "mode": "model", "holdout": 0.0,
                                 "budget_ms": 5000, "adapter_poll_ms": 100, **guidance})

@@ -42,6 +42,25 @@ def test_catalog_groups_near_identical_approaches_and_labels_uniquely() -> None:
     assert again.assign("Approach: first-fit greedy, no backtracking.") == b
 
 
+def test_generation_may_stop_once_one_label_is_left() -> None:
+    cat = StrategyCatalog()
+    for text in ("Approach: template reply adapted to the case.",
+                 "Approach: checklist review of each entry against the policy.",
+                 "Approach: checklist sampling of a few entries only.",
+                 "I ran a line-by-line checklist over every item."):
+        cat.assign(text)
+    labels = sorted(s.label for s in cat)
+    assert labels == ["approach checklist review", "approach checklist sampling",
+                      "approach template reply", "ran line-by-line checklist"]
+    assert cat.completion_of("") is None
+    assert cat.completion_of("Appro") is None  # three labels start so
+    assert cat.completion_of("approach temp") == "approach template reply"
+    assert cat.completion_of("approach checklist") is None  # two go on
+    assert cat.completion_of("approach checklist s") == "approach checklist sampling"
+    assert cat.completion_of("ran") == "ran line-by-line checklist"
+    assert cat.completion_of("something else") is None
+
+
 def test_evidence_prefers_success_and_follows_recent_change() -> None:
     obs = [Observation("good", 1.0, 0.9, i) for i in range(8)]
     obs += [Observation("bad", 0.0, 0.9, 10 + i) for i in range(8)]

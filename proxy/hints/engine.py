@@ -57,6 +57,7 @@ class HintEngine:
         path = (self.config.resolve(self.cfg.model_path) if self.cfg.model_path
                 else default_gguf())
         self.model = SmallModel(path, threads=self.cfg.threads,
+                                batch_threads=self.cfg.batch_threads,
                                 max_tokens=self.cfg.max_hint_tokens)
         self.watcher = AdapterWatcher(self.config.state_dir, self.model,
                                       poll_s=self.cfg.adapter_poll_ms / 1000)

@@ -60,9 +60,13 @@ def check_adapter(path: Path) -> None:
 
 
 class SmallModel:
-    def __init__(self, model_path: Path, *, threads: int, max_tokens: int) -> None:
+    def __init__(self, model_path: Path, *, threads: int, max_tokens: int,
+                 batch_threads: int | None = None) -> None:
         self.model_path = model_path
         self.threads = threads
+        # The prompt is evaluated in one batch, which parallelises well and is most of
+        # a hint's cost; generating the few label tokens does not.
+        self.batch_threads = batch_threads or threads
         self.max_tokens = max_tokens
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="small-model")
         self._loaded: Loaded | None = None
@@ -89,7 +93,8 @@ class SmallModel:
         llama = Llama(
             model_path=str(self.model_path),
             lora_path=str(adapter) if adapter else None,
-            n_ctx=256, n_batch=64, n_threads=self.threads, n_threads_batch=self.threads,
+            n_ctx=256, n_batch=64, n_threads=self.threads,
+            n_threads_batch=self.batch_threads,
             seed=0, verbose=False,
         )
         with self._lock:
@@ -110,11 +115,18 @@ class SmallModel:
             loaded = self._loaded
             if loaded is None:
                 raise RuntimeError("small model is not loaded")
-            out = loaded.llama.create_completion(
+            stream = loaded.llama.create_completion(
                 render(task), max_tokens=self.max_tokens, temperature=0.0, top_k=1,
-                stop=STOP,
+                stop=STOP, stream=True,
             )
-            return normalize_label(out["choices"][0]["text"]), loaded.version
+            text = ""
+            for chunk in stream:
+                text += chunk["choices"][0]["text"]
+                label = loaded.catalog.completion_of(text) if loaded.catalog else None
+                if label is not None:
+                    stream.close()
+                    return label, loaded.version
+            return normalize_label(text), loaded.version
         finally:
             with self._lock:
                 self._pending -= 1

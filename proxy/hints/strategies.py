@@ -141,6 +141,23 @@ class StrategyCatalog:
         self._labels.add(label)
         return label
 
+    def completion_of(self, generated: str) -> str | None:
+        """The one label that text generated so far can still become, if only one can:
+        the small model may stop there (its first tokens usually decide the label, and
+        on CPU every further token costs ~12 ms)."""
+        got = words(generated)
+        if not got:
+            return None
+        found = None
+        for label in self._labels:
+            want = label.split()
+            if len(got) <= len(want) and got[:-1] == want[:len(got) - 1] \
+                    and want[len(got) - 1].startswith(got[-1]):
+                if found is not None:
+                    return None
+                found = label
+        return found
+
     def resolve(self, label: str) -> str | None:
         """Strategy id for a label the small model generated (tolerates small slips)."""
         target = " ".join(words(label))
