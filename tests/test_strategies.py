@@ -184,6 +184,32 @@ def test_no_hint_when_nothing_known_works_well_enough() -> None:
     assert thin.strategy is None and thin.skip == "thin_evidence"
 
 
+def test_thin_evidence_outweighs_a_model_label_it_contradicts() -> None:
+    def stats(**record: tuple[int, int]) -> dict[str, evidence.StrategyStats]:
+        return {sid: evidence.StrategyStats(sid, n, wins, n, wins)
+                for sid, (wins, n) in record.items()}
+
+    assert evidence.with_vote({}, "m") == "m"  # nothing seen: the model decides
+    assert evidence.with_vote(stats(m=(0, 4), c=(2, 3)), "m") == "c"  # 2/6 < 2/3
+    assert evidence.with_vote(stats(m=(1, 1), c=(4, 5)), "m") == "m"  # 3/3 > 4/5
+    assert evidence.with_vote(stats(c=(2, 2)), "m") == "m"  # a tie goes to the model
+    # Through the recommender: the model's pick comes from the adapter's own catalog.
+    rec = Recommender(GuidanceConfig())
+    for i, (sid, ok) in enumerate([("symptom", 0.0)] * 3 + [("rootcause", 1.0)] * 2):
+        rec.observe_call(f"r{i}", f"r{i}", f"Reconcile the dispute on invoice {i}",
+                         APPROACHES[sid])
+        rec.observe_outcome(f"r{i}", None, ok)
+    thin = rec.recommend("Reconcile the dispute on invoice 99")
+    assert thin.skip == "thin_evidence"
+    adapter = StrategyCatalog()
+    voted = adapter.get(adapter.assign(APPROACHES["symptom"]) or "")
+    assert voted is not None
+    chosen = rec.with_model_vote(thin, voted)
+    assert chosen is not voted and "root cause" in chosen.text
+    other = adapter.get(adapter.assign(APPROACHES["sampling"]) or "")
+    assert other is not None and rec.with_model_vote(thin, other) is other
+
+
 PHRASINGS = {
     "a1": "I used constraint propagation: listed every hard constraint first.",
     "a2": "Approach: propagate the constraints, pruning each option that breaks one.",

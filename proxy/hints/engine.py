@@ -143,18 +143,25 @@ class HintEngine:
         if not task:
             g["hint_skip_reason"] = "no_task"
             return None
-        if self.cfg.mode != "model":
-            rec = self.recommender.recommend(task)
-            g["hint_stats"] = rec.stats_json
-            if rec.strategy is not None:
-                g["hint_source"] = rec.source
-                return rec.strategy
-            if rec.skip == "low_success" or self.cfg.mode == "retrieval":
-                # The model learns memory's best-evidenced choices: where memory has
-                # firm evidence that none works, it has nothing better to offer.
-                g["hint_skip_reason"] = rec.skip
-                return None
-        return await self._from_model(call, task, start)
+        if self.cfg.mode == "model":
+            return await self._from_model(call, task, start)
+        rec = self.recommender.recommend(task)
+        g["hint_stats"] = rec.stats_json
+        if rec.strategy is not None:
+            g["hint_source"] = rec.source
+            return rec.strategy
+        if rec.skip == "low_success" or self.cfg.mode == "retrieval":
+            # The model learns memory's best-evidenced choices: where memory has
+            # firm evidence that none works, it has nothing better to offer.
+            g["hint_skip_reason"] = rec.skip
+            return None
+        voted = await self._from_model(call, task, start)
+        if voted is None:
+            return None
+        chosen = self.recommender.with_model_vote(rec, voted)
+        if chosen is not voted:
+            g["hint_source"] = "model_outvoted"
+        return chosen
 
     async def _from_model(self, call: Call, task: str, start: float) -> Strategy | None:
         g = call.guidance

@@ -29,6 +29,7 @@ CHANGE_MIN_RUN = 6  # outcomes needed on each side of a split
 CHANGE_MIN_DROP = 0.2  # only a drop in success this large is a change worth acting on
 CHANGE_LLR = 4.0  # log-likelihood ratio of "two rates" over "one rate"
 STALE_WEIGHT = 0.2  # what an outcome from before a detected change still counts for
+MODEL_VOTE = 2.0  # where evidence is thin, the small model's label counts this many wins
 # A known change holds down to this ratio. Chosen by replaying three worlds over 20 seeds
 # each: adaptation 0.88 -> 0.89 and 0.76 -> 0.82, accuracy within -0.01; 1.0-1.5
 # adapts a little more and costs a little more accuracy.
@@ -148,6 +149,24 @@ def best(stats: dict[str, StrategyStats], min_evidence: int,
         return (means[s.sid] + bonus, s.n, s.sid)
 
     return max((stats[sid] for sid in means), key=score)
+
+
+def with_vote(stats: dict[str, StrategyStats], voted: str) -> str:
+    """Where evidence is too thin to act on alone: the strategy with the best success
+    rate once the small model's label counts as ``MODEL_VOTE`` successes of its own.
+
+    The model is trained on outcomes of other tasks and may name, for a kind of task it
+    has not seen, an approach that the few outcomes already seen show failing; those
+    outcomes then outweigh its vote. With no outcomes at all, its label stands.
+    """
+    def rate(sid: str) -> float:
+        s = stats.get(sid)
+        wins, weight = (s.weighted_wins, s.weight) if s is not None else (0.0, 0.0)
+        vote = MODEL_VOTE if sid == voted else 0.0
+        return (wins + vote) / (weight + vote) if weight + vote > 0 else 0.0
+
+    return max([voted, *(sid for sid in stats if sid != voted)],
+               key=lambda sid: (rate(sid), sid == voted))
 
 
 def estimates(stats: dict[str, StrategyStats]) -> dict[str, float]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from proxy.config import GuidanceConfig
 from proxy.hints import evidence
@@ -26,6 +26,7 @@ class Recommendation:
     strategy: Strategy | None
     source: str | None  # "retrieval" | "explore", when there is a strategy
     stats_json: str | None  # the evidence, as recorded on the call
+    stats: dict[str, evidence.StrategyStats] = field(default_factory=dict)
     # Why there is none: "thin_evidence" (too few outcomes among similar tasks: ask the
     # small model) or "low_success" (plenty, and nothing known works well enough).
     skip: str | None = None
@@ -67,17 +68,24 @@ class Recommender:
         stats_json = self._stats_json(stats) if stats else None
         best = evidence.best(stats, self.cfg.min_evidence, self.cfg.optimism)
         if best is None:
-            return Recommendation(None, None, stats_json, "thin_evidence")
+            return Recommendation(None, None, stats_json, stats, "thin_evidence")
         if max(evidence.estimates(stats).values()) < self.cfg.min_success:
             # Every approach seen on tasks like this one fails more often than allowed:
             # naming one would only override the big model's own choice, which may be
             # an approach not seen yet.
-            return Recommendation(None, None, stats_json, "low_success")
+            return Recommendation(None, None, stats_json, stats, "low_success")
         if self.rng.random() < self.cfg.explore:
             pick = self._least_tried(stats)
             if pick is not None:
-                return Recommendation(pick, "explore", stats_json)
-        return Recommendation(self.catalog.get(best.sid), "retrieval", stats_json)
+                return Recommendation(pick, "explore", stats_json, stats)
+        return Recommendation(self.catalog.get(best.sid), "retrieval", stats_json, stats)
+
+    def with_model_vote(self, rec: Recommendation, voted: Strategy) -> Strategy:
+        """The small model's pick, unless the thin evidence already seen for this kind
+        of task outweighs it (``evidence.with_vote``)."""
+        sid = self.catalog.canonical(voted.id)
+        chosen = self.catalog.get(evidence.with_vote(rec.stats, sid))
+        return voted if chosen is None or chosen.id == sid else chosen
 
     def _least_tried(self, stats: dict[str, evidence.StrategyStats]) -> Strategy | None:
         """A strategy known anywhere but least tried on tasks like this one: how a
