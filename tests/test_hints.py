@@ -18,6 +18,7 @@ from proxy import payloads
 from proxy.config import load_config
 from proxy.hints.engine import HintEngine
 from proxy.hints.llm import SmallModel
+from proxy.hints.strategies import StrategyCatalog, approach_sentence
 from proxy.models import default_gguf
 from tests.adapters import catalog, publish, random_adapter
 from tests.conftest import ProxyHandle
@@ -265,6 +266,50 @@ def test_adapter_changes_the_hint_and_hot_swaps_under_load(
         w.join()
     assert not failures
     assert row["adapter_version"] == "v2" and "sB method" in row["hint_text"]
+
+
+def test_thin_evidence_outvotes_a_model_label_it_contradicts(
+        make_proxy: Callable[..., ProxyHandle], strategy_upstream: StrategyUpstream,
+        two_adapters: dict[str, tuple[Path, str]], tmp_path: Path) -> None:
+    """Mode both, real llama.cpp: memory has 4 outcomes (too few to act on alone) where
+    alpha succeeded twice and beta failed twice. An adapter whose label means beta is
+    outvoted; the same label meaning alpha is served as the model's hint."""
+    from tests.conftest import proxy_config
+
+    cfg = proxy_config(tmp_path, strategy_upstream.url,  # type: ignore[attr-defined]
+                       guidance={"enabled": True, "mode": "both", "holdout": 0.0,
+                                 "budget_ms": 5000, "adapter_poll_ms": 100})
+    proxy = make_proxy(cfg)
+    c = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
+    answers = {}
+    for _ in range(4):  # no adapter yet: unguided, the upstream alternates
+        raw = c.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": TASK}])
+        text = raw.parse().choices[0].message.content or ""
+        answers["alpha" if "alpha" in text else "beta"] = text
+        httpx.post(f"{proxy.base_url}/outcomes", json={
+            "request_id": raw.headers["x-request-id"], "success": "alpha" in text})
+    proxy.wait_rows("SELECT * FROM call_outcomes", 4)
+    path_a, label_a = two_adapters["a"]
+    ids = StrategyCatalog()
+    sid = {name: ids.assign(text) for name, text in answers.items()}
+
+    def meaning(name: str) -> StrategyCatalog:
+        other = "beta" if name == "alpha" else "alpha"
+        return StrategyCatalog.from_json(json.dumps([
+            {"id": sid[name], "text": approach_sentence(answers[name]), "label": label_a,
+             "count": 1},
+            {"id": sid[other], "text": approach_sentence(answers[other]),
+             "label": "some other words", "count": 1}]))
+
+    publish(proxy.config.state_dir, "v1", path_a, meaning("beta"))
+    wait_version(proxy, "v1")
+    row = ask(proxy)
+    assert row["hint_source"] == "model_outvoted" and "alpha" in row["hint_text"]
+    publish(proxy.config.state_dir, "v2", path_a, meaning("alpha"))
+    wait_version(proxy, "v2")
+    row = ask(proxy)
+    assert row["hint_source"] == "model" and "alpha" in row["hint_text"]
 
 
 def test_budget_skips_then_cache_serves(make_proxy: Callable[..., ProxyHandle],

@@ -114,9 +114,10 @@ def change_point(observations: list[Observation],
             if after / (n - k) > before / k - CHANGE_MIN_DROP:
                 continue
             llr = _log_likelihood(before, k) + _log_likelihood(after, n - k) - whole
+            if llr <= CHANGE_KEEP_LLR or (found is not None and llr <= found[0]):
+                continue
             change = Change(sid, runs[k].seq)
-            need = CHANGE_KEEP_LLR if change in known else CHANGE_LLR
-            if llr > need and (found is None or llr > found[0]):
+            if llr > CHANGE_LLR or change in known:
                 found = (llr, change)
     return found[1] if found else None
 
