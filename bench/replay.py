@@ -30,9 +30,10 @@ from typing import Any
 
 import yaml
 
+from bench.harness.report import fmt
 from bench.sim import load_world
 from bench.sim.metrics import ArmLog, Report, compute
-from bench.sim.model import TaskRecord, decide, parse_messages, reply_text
+from bench.sim.model import TaskRecord, decide, parse_messages, reply_text, task_record
 from bench.sim.world import Task, World
 from proxy.config import GuidanceConfig, load_config
 from proxy.errors import ConfigError
@@ -51,12 +52,9 @@ def messages(world: World, task: Task) -> list[dict[str, str]]:
 
 
 def record(task: Task, system_text: str, world: World) -> TaskRecord:
-    d = decide(world, task, system_text)
-    return TaskRecord(index=task.index, phase=task.phase, day=task.day,
-                      day_in_phase=task.day_in_phase, position=task.position,
-                      family=task.family, domain=task.domain, turns=task.turns,
-                      system_text=system_text, named=d.named, followed=d.followed,
-                      strategy=d.strategy, success=d.success, turns_seen=task.turns)
+    """What the simulated model does with the task given this system text, every
+    turn answered (the replay's agent never abandons an episode)."""
+    return task_record(task, system_text, decide(world, task, system_text), task.turns)
 
 
 def control_arm(world: World) -> list[TaskRecord]:
@@ -135,17 +133,11 @@ def mean_row(rows: list[dict[str, float | None]]) -> dict[str, float | None]:
     return {key: mean(key) for key in SUMMARY}
 
 
-def _cell(key: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.0%}" if key == "uplift" else f"{value:.3f}"
-
-
 def print_table(results: dict[str, Any]) -> None:
     print("world          seed    " + "  ".join(f"{k:>10}" for k in SUMMARY))
     for name, data in results.items():
         for label, row in [*data["seeds"].items(), ("mean", data["mean"])]:
-            cells = "  ".join(f"{_cell(k, row[k]):>10}" for k in SUMMARY)
+            cells = "  ".join(f"{fmt(row[k], k == 'uplift'):>10}" for k in SUMMARY)
             print(f"{name:14} {label!s:>6}  {cells}")
 
 

@@ -20,7 +20,8 @@ def metrics_json(report: Report) -> dict[str, Any]:
     }
 
 
-def _fmt(value: float | None, percent: bool = False) -> str:
+def fmt(value: float | None, percent: bool = False) -> str:
+    """A metric as the reports print it: a rate to 3 places, uplift in percent."""
     if value is None:
         return "-"
     return f"{value:+.0%}" if percent else f"{value:.3f}"
@@ -31,9 +32,9 @@ def _ms(value: float | None) -> str:
 
 
 def _rows(scopes: list[Metrics]) -> list[tuple[str, list[str]]]:
-    rows = [(name, [_fmt(getattr(m, name), name == "uplift") for m in scopes]) for name in RATES]
+    rows = [(name, [fmt(getattr(m, name), name == "uplift") for m in scopes]) for name in RATES]
     keys = sorted({k for m in scopes for k in m.adaptation})
-    rows += [(f"adaptation {k}", [_fmt(m.adaptation.get(k)) for m in scopes]) for k in keys]
+    rows += [(f"adaptation {k}", [fmt(m.adaptation.get(k)) for m in scopes]) for k in keys]
     rows += [
         ("hint_latency_ms p50", [_ms(m.hint_latency_ms.p50) for m in scopes]),
         ("hint_latency_ms p95", [_ms(m.hint_latency_ms.p95) for m in scopes]),

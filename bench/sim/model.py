@@ -138,6 +138,26 @@ def decide(world: World, task: Task, system_text: str) -> Decision:
     return Decision(named, followed, strategy, success)
 
 
+def task_record(task: Task, system_text: str, decision: Decision,
+                turns_seen: int) -> TaskRecord:
+    return TaskRecord(
+        index=task.index,
+        phase=task.phase,
+        day=task.day,
+        day_in_phase=task.day_in_phase,
+        position=task.position,
+        family=task.family,
+        domain=task.domain,
+        turns=task.turns,
+        system_text=system_text,
+        named=decision.named,
+        followed=decision.followed,
+        strategy=decision.strategy,
+        success=decision.success,
+        turns_seen=turns_seen,
+    )
+
+
 def reply_text(world: World, task: Task, strategy_id: str, turn: int) -> str:
     """A says line, then a short answer that reveals nothing about the outcome."""
     says = pick_one(world.strategy(strategy_id).says, world.draw(task.index, f"says:{turn}"))
@@ -238,20 +258,4 @@ class SimModel:
     def _record(self, index: int) -> TaskRecord:
         task, episode = self.tasks[index], self._episodes[index]
         assert episode.decision is not None  # callers only ask for decided episodes
-        decision = episode.decision
-        return TaskRecord(
-            index=index,
-            phase=task.phase,
-            day=task.day,
-            day_in_phase=task.day_in_phase,
-            position=task.position,
-            family=task.family,
-            domain=task.domain,
-            turns=task.turns,
-            system_text=episode.system_text,
-            named=decision.named,
-            followed=decision.followed,
-            strategy=decision.strategy,
-            success=decision.success,
-            turns_seen=len(episode.answered),
-        )
+        return task_record(task, episode.system_text, episode.decision, len(episode.answered))
