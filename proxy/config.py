@@ -74,9 +74,11 @@ class GuidanceConfig:
     min_similarity: float = 0.2
     min_evidence: int = 10
     half_life: float = 250.0
-    optimism: float = 0.2
+    optimism: float = 0.0
     min_success: float = 0.5
     explore: float = 0.0
+    explore_tries: int = 1
+    explore_after: int = 40
     memory_size: int = 50_000
     threads: int = 1
     batch_threads: int = 2
@@ -272,6 +274,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("guidance.holdout: must be in [0, 1]")
     if not 0.0 <= cfg.guidance.explore <= 1.0:
         raise ConfigError("guidance.explore: must be in [0, 1]")
+    if cfg.guidance.explore_tries < 0 or cfg.guidance.explore_after < 0:
+        raise ConfigError("guidance.explore_tries, explore_after: must be >= 0")
     if not 0.0 <= cfg.guidance.min_success <= 1.0:
         raise ConfigError("guidance.min_success: must be in [0, 1]")
     if cfg.guidance.budget_ms <= 0:

@@ -45,6 +45,8 @@ def test_minimal_public_keys_work(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"guidance": {"mode": "magic"}}, "guidance.mode"),
     ({"guidance": {"min_success": 1.5}}, "guidance.min_success"),
     ({"guidance": {"batch_threads": 0}}, "guidance.batch_threads"),
+    ({"guidance": {"explore_tries": -1}}, "guidance.explore_tries"),
+    ({"guidance": {"explore_after": -1}}, "explore_after"),
     ({"guidance": {"enabled": "yes"}}, "guidance.enabled"),
     ({"listen": "nope"}, "listen"),
     ({"learner": {"schedule": "every night"}}, "learner.schedule"),

@@ -155,10 +155,11 @@ APPROACHES = {
 }
 
 
-def recommender_after(outcomes: dict[str, float], min_success: float) -> Recommender:
+def recommender_after(outcomes: dict[str, float], min_success: float,
+                      **settings: int) -> Recommender:
     """A recommender whose memory holds 20 similar tasks per approach, each approach
     succeeding at the given rate."""
-    rec = Recommender(GuidanceConfig(min_success=min_success))
+    rec = Recommender(GuidanceConfig(min_success=min_success, **settings))
     for sid, rate in outcomes.items():
         for i in range(20):
             rid = f"{sid}-{i}"
@@ -182,6 +183,50 @@ def test_no_hint_when_nothing_known_works_well_enough() -> None:
     assert anyway.recommend(task).strategy is not None
     thin = Recommender(GuidanceConfig()).recommend(task)
     assert thin.strategy is None and thin.skip == "thin_evidence"
+
+
+def observe(rec: Recommender, rid: str, task: str, sid: str, ok: float) -> None:
+    rec.observe_call(rid, rid, task, APPROACHES[sid])
+    rec.observe_outcome(rid, None, ok)
+
+
+def test_an_approach_from_other_tasks_gets_one_try_where_nothing_known_works() -> None:
+    task = "Reconcile the dispute on invoice 99"
+    rec = recommender_after({"symptom": 0.3, "sampling": 0.4}, min_success=0.5)
+    # The big model used root-cause analysis on a different kind of task only.
+    observe(rec, "other", "Plan a two-day offsite for the sales team", "rootcause", 1.0)
+    got = rec.recommend(task)
+    assert got.strategy is not None and "root cause" in got.strategy.text
+    assert got.source == "explore" and got.skip is None
+    # Tried here once and failed: nothing is left to try, the call goes out unguided.
+    observe(rec, "try", "Reconcile the dispute on invoice 98", "rootcause", 0.0)
+    assert rec.recommend(task).skip == "low_success"
+    # Had it worked, memory would name it from then on.
+    lucky = recommender_after({"symptom": 0.3, "sampling": 0.4}, min_success=0.5)
+    observe(lucky, "other", "Plan a two-day offsite for the sales team", "rootcause", 1.0)
+    observe(lucky, "try", "Reconcile the dispute on invoice 98", "rootcause", 1.0)
+    got = lucky.recommend(task)
+    assert got.source == "retrieval" and got.strategy is not None
+    assert "root cause" in got.strategy.text
+
+
+def test_no_exploring_before_enough_outcomes_or_during_a_change() -> None:
+    task = "Reconcile the dispute on invoice 99"
+    for settings in ({"explore_after": 41}, {"explore_tries": 0}):
+        rec = recommender_after({"symptom": 0.3, "sampling": 0.4}, 0.5, **settings)
+        observe(rec, "other", "Plan a two-day offsite for the sales team", "rootcause", 1.0)
+        assert rec.recommend(task).skip == "low_success", settings
+    # What worked (9 in 10) has just stopped working: the big model's own choices are
+    # measured again before approaches from elsewhere are tried.
+    rec = Recommender(GuidanceConfig(min_success=0.5))
+    for i in range(40):
+        observe(rec, f"s{i}", f"Reconcile the dispute on invoice {i}", "symptom",
+                float(i % 10 != 0))
+    for i in range(12):
+        observe(rec, f"d{i}", f"Reconcile the dispute on invoice {40 + i}", "symptom", 0.0)
+    observe(rec, "other", "Plan a two-day offsite for the sales team", "rootcause", 1.0)
+    got = rec.recommend(task)
+    assert got.skip == "low_success" and got.strategy is None
 
 
 def test_thin_evidence_outweighs_a_model_label_it_contradicts() -> None:

@@ -70,15 +70,29 @@ class Recommender:
         if best is None:
             return Recommendation(None, None, stats_json, stats, "thin_evidence")
         if max(evidence.estimates(stats).values()) < self.cfg.min_success:
-            # Every approach seen on tasks like this one fails more often than allowed:
-            # naming one would only override the big model's own choice, which may be
-            # an approach not seen yet.
-            return Recommendation(None, None, stats_json, stats, "low_success")
+            return self._when_nothing_works(stats, stats_json, change)
         if self.rng.random() < self.cfg.explore:
             pick = self._least_tried(stats)
             if pick is not None:
                 return Recommendation(pick, "explore", stats_json, stats)
         return Recommendation(self.catalog.get(best.sid), "retrieval", stats_json, stats)
+
+    def _when_nothing_works(self, stats: dict[str, evidence.StrategyStats],
+                            stats_json: str | None,
+                            change: evidence.Change | None) -> Recommendation:
+        """Every approach seen on tasks like this one fails more often than allowed.
+
+        Naming one would only override the big model's own choice, so the call goes out
+        unguided, except that an approach seen on other kinds of task but not tried here
+        gets ``explore_tries`` tries, once memory holds ``explore_after`` outcomes here
+        (so the big model's own choices were measured first) and no change in what works
+        is being re-measured (the old winner may come back, or another seen here win).
+        """
+        if sum(s.n for s in stats.values()) >= self.cfg.explore_after and change is None:
+            pick = self._least_tried(stats, below=self.cfg.explore_tries)
+            if pick is not None:
+                return Recommendation(pick, "explore", stats_json, stats)
+        return Recommendation(None, None, stats_json, stats, "low_success")
 
     def with_model_vote(self, rec: Recommendation, voted: Strategy) -> Strategy:
         """The small model's pick, unless the thin evidence already seen for this kind
@@ -87,16 +101,20 @@ class Recommender:
         chosen = self.catalog.get(evidence.with_vote(rec.stats, sid))
         return voted if chosen is None or chosen.id == sid else chosen
 
-    def _least_tried(self, stats: dict[str, evidence.StrategyStats]) -> Strategy | None:
-        """A strategy known anywhere but least tried on tasks like this one: how a
-        better approach than the current best gets discovered, and how a change in
-        what works gets noticed."""
+    def _least_tried(self, stats: dict[str, evidence.StrategyStats],
+                     below: int | None = None) -> Strategy | None:
+        """A strategy known anywhere but least tried on tasks like this one (and tried
+        fewer than ``below`` times, if given): how an approach seen on other kinds of
+        task gets a chance here."""
+        def tried(s: Strategy) -> int:
+            return stats[s.id].n if s.id in stats else 0
+
         renames = self.catalog.renames()
-        known = [s for s in self.catalog if s.count > 0 and s.id not in renames]
+        known = [s for s in self.catalog if s.count > 0 and s.id not in renames
+                 and (below is None or tried(s) < below)]
         if not known:
             return None
-        return min(known, key=lambda s: (stats[s.id].n if s.id in stats else 0,
-                                         self.rng.random()))
+        return min(known, key=lambda s: (tried(s), self.rng.random()))
 
     def _stats_json(self, stats: dict[str, evidence.StrategyStats]) -> str:
         labels = {sid: s.label for sid in stats if (s := self.catalog.get(sid))}
