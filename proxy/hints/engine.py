@@ -1,10 +1,11 @@
 """The hint engine: decides whether and what to hint, within a latency budget.
 
 For each guided call: find similar past tasks and their outcomes per strategy (memory);
-when that evidence is strong, recommend by Thompson sampling over it (which also keeps
-exploring); when it is thin — a new kind of task — ask the small model (LoRA-trained on
-past outcomes) which approach fits. Everything it does is recorded on the call, and any
-failure leaves the call unguided: the engine fails open.
+when that evidence is strong, name the approach it shows working best, or none where
+nothing known works well enough (``recommend.py``); when it is thin — a new kind of
+task — ask the small model (LoRA-trained on past outcomes) which approach fits.
+Everything it does is recorded on the call, and any failure leaves the call unguided:
+the engine fails open.
 """
 
 from __future__ import annotations

@@ -3,13 +3,14 @@
 Recent outcomes weigh more than old ones (aged by how many tasks the memory has seen
 since), which lets the recommendation follow a slow change in what works. A kind of task
 that stays the same is not forgotten: its old evidence still points the same way, with
-less weight, and the optimism bonus re-checks it.
+less weight, and the tasks where the big model does not follow the hint keep measuring
+the others.
 
 A sudden change (the strategy that used to work now fails much more often) is detected
 outright: when one strategy's outcomes among the neighbours split into an earlier and a
 later run whose success rates differ by a likelihood ratio too large for chance, every
 outcome before the split counts for little, for all strategies, since what they said
-was measured in a world that has changed. The optimism bonus then re-tries the others.
+was measured in a world that has changed, and fresh outcomes decide again.
 A change once detected stays in force while the outcomes still show it at a lower
 ratio (hysteresis): a lucky run right after a drop would otherwise switch the
 discount off and on from one task to the next.
@@ -71,7 +72,7 @@ def summarize(observations: list[Observation], now: int, half_life: float,
 
     Age is measured in tasks seen by the whole memory, not in neighbours, so a strategy
     that was tried long ago for this kind of task keeps little weight: its evidence is
-    stale, and the optimism bonus below will try it again.
+    stale (and the optional optimism bonus in ``best`` tries it again).
     """
     stats: dict[str, StrategyStats] = {}
     for obs in observations:
@@ -133,10 +134,11 @@ def best(stats: dict[str, StrategyStats], min_evidence: int,
     """The strategy to recommend, or None when the evidence is too thin to act on.
 
     Each strategy's success is estimated with a prior centred on the neighbourhood's
-    overall success rate (``estimates``), plus an optimism bonus that shrinks as its
-    recency-weighted evidence grows: a strategy that did well the few times it was
-    tried, or whose evidence has gone stale, is tried again until its evidence is firm.
-    That is how a better approach is discovered and a change in what works is followed.
+    overall success rate (``estimates``), plus, if ``optimism`` > 0, a bonus that
+    shrinks as its recency-weighted evidence grows (UCB-style): a strategy that did
+    well the few times it was tried, or whose evidence has gone stale, is tried again
+    until its evidence is firm. The proxy runs without it by default (see
+    docs/configuration.md, ``guidance.optimism``).
     """
     if sum(s.n for s in stats.values()) < min_evidence:
         return None
