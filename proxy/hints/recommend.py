@@ -86,7 +86,7 @@ class Recommender:
         unguided, except that an approach seen on other kinds of task but not tried here
         gets ``explore_tries`` tries, once memory holds ``explore_after`` outcomes here
         (so the big model's own choices were measured first) and no change in what works
-        is being re-measured (the old winner may come back, or another seen here win).
+        is being re-measured (then the approaches seen here are measured afresh first).
         """
         if sum(s.n for s in stats.values()) >= self.cfg.explore_after and change is None:
             pick = self._least_tried(stats, below=self.cfg.explore_tries)
