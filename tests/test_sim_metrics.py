@@ -9,7 +9,7 @@ import yaml
 
 from bench.sim import World, world_from_data
 from bench.sim.metrics import ArmLog, NightlyJob, compute, percentile, reachable_accuracy
-from bench.sim.model import TaskRecord
+from bench.sim.model import Decision, TaskRecord, task_record
 
 # One family per phase so every task's family is known without the hash:
 # p1 f1 (0-3), p2 f2 (4-7, changed so a is best), p3 f3 in a new domain (8-11,
@@ -48,22 +48,9 @@ def record(
     world: World, index: int, named: str | None, success: bool, turns_seen: int | None = None
 ) -> TaskRecord:
     task = world.stream()[index]
-    return TaskRecord(
-        index=index,
-        phase=task.phase,
-        day=task.day,
-        day_in_phase=task.day_in_phase,
-        position=task.position,
-        family=task.family,
-        domain=task.domain,
-        turns=task.turns,
-        system_text="" if named is None else named,
-        named=named,
-        followed=named is not None,
-        strategy=named or "b",
-        success=success,
-        turns_seen=task.turns if turns_seen is None else turns_seen,
-    )
+    decision = Decision(named, named is not None, named or "b", success)
+    return task_record(task, "" if named is None else named, decision,
+                       task.turns if turns_seen is None else turns_seen)
 
 
 @pytest.fixture(scope="module")
