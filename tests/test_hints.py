@@ -17,7 +17,7 @@ import pytest
 from proxy import payloads
 from proxy.config import load_config
 from proxy.hints.engine import HintEngine
-from proxy.hints.llm import Pace, SmallModel
+from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import StrategyCatalog, approach_sentence
 from proxy.models import default_gguf
 from tests.adapters import catalog, publish, random_adapter
@@ -326,58 +326,6 @@ def test_budget_skips_then_cache_serves(make_proxy: Callable[..., ProxyHandle],
     time.sleep(1.5)  # the generation finishes in the background and is cached
     row = ask(proxy)
     assert row["hint_source"] == "model_cache" and "sA method" in row["hint_text"]
-
-
-def test_pace_predicts_when_a_new_generation_would_finish() -> None:
-    pace = Pace()
-    assert pace.eta_s(pending=0, now=0.0) is None  # nothing timed yet
-    pace.started(0.0)
-    pace.finished(0.1)
-    assert pace.eta_s(pending=0, now=1.0) == pytest.approx(0.1)
-    pace.started(1.0)
-    pace.finished(1.6)  # a slow one moves the running mean a fifth of the way
-    assert pace.mean_s == pytest.approx(0.2)
-    pace.started(2.0)
-    # 0.05 s into the running one: its 0.15 s left, one queued behind it, then ours.
-    assert pace.eta_s(pending=2, now=2.05) == pytest.approx(0.15 + 0.2 + 0.2)
-    # Past its expected time the running one counts as about to end.
-    assert pace.eta_s(pending=1, now=2.5) == pytest.approx(0.2)
-    pace.finished(9.0, timed=False)  # a failed generation's time is not its pace
-    assert pace.mean_s == pytest.approx(0.2) and pace.running_since is None
-
-
-def send(proxy: ProxyHandle, task: str) -> str:
-    body = {"model": "m", "messages": [{"role": "user", "content": task}]}
-    r = httpx.post(f"{proxy.base_url}/chat/completions", json=body, timeout=30)
-    assert r.status_code == 200
-    return r.headers["x-request-id"]
-
-
-def row_of(proxy: ProxyHandle, request_id: str) -> dict[str, Any]:
-    return proxy.wait_rows("SELECT * FROM calls WHERE request_id = ?", 1, [request_id])[0]
-
-
-def test_a_call_does_not_queue_behind_a_generation_it_cannot_outwait(
-        make_proxy: Callable[..., ProxyHandle],
-        two_adapters: dict[str, tuple[Path, str]]) -> None:
-    """Behind a generation that overran its call's budget, the next call is skipped at
-    once instead of queueing a generation that could not finish in time either."""
-    proxy = model_proxy(make_proxy, budget_ms=1)
-    path_a, label_a = two_adapters["a"]
-    publish(proxy.config.state_dir, "v1", path_a, catalog({"sA": label_a}))
-    wait_version(proxy, "v1")
-    assert row_of(proxy, send(proxy, TASK))["hint_skip_reason"] == "budget"
-    time.sleep(1.5)  # timed in the background: the engine now knows the model's pace
-    first = "Draft the on-call rota for the payments team next month"
-    second = "Audit the travel expenses filed by the Lisbon office in March"
-    ids = [send(proxy, first), send(proxy, second)]  # the first still generating
-    rows = [row_of(proxy, i) for i in ids]
-    assert rows[0]["hint_skip_reason"] == "budget"
-    assert rows[1]["hint_skip_reason"] == "model_busy" and rows[1]["hint_latency_ms"] < 50
-    time.sleep(1.5)
-    assert row_of(proxy, send(proxy, first))["hint_source"] == "model_cache"
-    again = row_of(proxy, send(proxy, second))  # never queued, so never cached
-    assert again["hint_source"] is None and again["hint_skip_reason"] == "budget"
 
 
 def test_fail_open_on_corrupt_adapter_and_recovery(make_proxy: Callable[..., ProxyHandle],

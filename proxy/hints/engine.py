@@ -31,7 +31,7 @@ from proxy.store import Store
 
 log = logging.getLogger("tactician.hints")
 
-MAX_MODEL_BACKLOG = 2  # queued generations; beyond, skip even before any was timed
+MAX_MODEL_BACKLOG = 2  # beyond this, a new request would only wait: skip instead
 
 
 class HintEngine:
@@ -181,12 +181,12 @@ class HintEngine:
         if cached is not None:
             g["hint_source"] = "model_cache"
             return self._resolve(call, cached[0], loaded.catalog)
-        remaining = self.cfg.budget_ms / 1000 - (time.perf_counter() - start)
-        if self._model_busy(model, remaining):
+        if model.pending >= MAX_MODEL_BACKLOG:
             g["hint_skip_reason"] = "model_busy"
             return None
         future = model.submit(task)
         future.add_done_callback(lambda f: self._cache_label(key, f))
+        remaining = self.cfg.budget_ms / 1000 - (time.perf_counter() - start)
         try:
             label, _ = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
                                               max(remaining, 0.001))
@@ -196,19 +196,6 @@ class HintEngine:
             return None
         g["hint_source"] = "model"
         return self._resolve(call, label, loaded.catalog)
-
-    @staticmethod
-    def _model_busy(model: SmallModel, remaining_s: float) -> bool:
-        """Whether to skip rather than queue: behind a generation that overran its
-        call's budget, one that cannot finish in time would only wait and make the
-        next call wait too. An idle model is always asked: a late label still fills
-        the cache."""
-        if model.pending == 0:
-            return False
-        if model.pending >= MAX_MODEL_BACKLOG:
-            return True
-        eta = model.eta_s()
-        return eta is not None and eta > remaining_s
 
     def _resolve(self, call: Call, label: str, catalog: StrategyCatalog) -> Strategy | None:
         sid = catalog.resolve(label)

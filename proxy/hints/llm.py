@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,44 +28,6 @@ class Loaded:
     llama: Any
     version: str  # "base" when no adapter is applied
     catalog: StrategyCatalog | None
-
-
-class Pace:
-    """How long generations take, to predict when one submitted now would finish.
-
-    A generation that cannot finish within a call's budget only delays the ones queued
-    behind it; the engine asks this before queueing behind a busy model.
-    """
-
-    WEIGHT = 0.2  # of the newest duration in the running mean
-
-    def __init__(self) -> None:
-        self.mean_s: float | None = None
-        self.running_since: float | None = None
-
-    def started(self, now: float) -> None:
-        self.running_since = now
-
-    def finished(self, now: float, *, timed: bool = True) -> None:
-        """``timed=False`` for a generation that failed: its time says nothing."""
-        since, self.running_since = self.running_since, None
-        if since is None or not timed:
-            return
-        took = now - since
-        self.mean_s = took if self.mean_s is None else (
-            self.mean_s + self.WEIGHT * (took - self.mean_s))
-
-    def eta_s(self, pending: int, now: float) -> float | None:
-        """Seconds until a generation submitted now, behind ``pending`` others
-        (the running one included), would finish; None before any was timed."""
-        if self.mean_s is None:
-            return None
-        queued = pending
-        left = 0.0
-        if self.running_since is not None and pending > 0:
-            queued -= 1
-            left = max(self.mean_s - (now - self.running_since), 0.0)
-        return left + queued * self.mean_s + self.mean_s
 
 
 _LORA_TENSOR = re.compile(r"^blk\.\d+\.[a-z_]+\.weight\.lora_[ab]$")
@@ -111,7 +72,6 @@ class SmallModel:
         self._loaded: Loaded | None = None
         self._lock = threading.Lock()
         self._pending = 0
-        self._pace = Pace()
 
     @property
     def current(self) -> Loaded | None:
@@ -120,11 +80,6 @@ class SmallModel:
     @property
     def pending(self) -> int:
         return self._pending
-
-    def eta_s(self) -> float | None:
-        """When a generation submitted now would finish (None: not known yet)."""
-        with self._lock:
-            return self._pace.eta_s(self._pending, time.perf_counter())
 
     def load(self, adapter: Path | None, version: str,
              catalog: StrategyCatalog | None) -> None:
@@ -156,34 +111,25 @@ class SmallModel:
         return self._worker.submit(self._generate, task)
 
     def _generate(self, task: str) -> tuple[str, str]:
-        with self._lock:
-            self._pace.started(time.perf_counter())
-        timed = False
         try:
-            result = self._label(task)
-            timed = True
-            return result
+            loaded = self._loaded
+            if loaded is None:
+                raise RuntimeError("small model is not loaded")
+            stream = loaded.llama.create_completion(
+                render(task), max_tokens=self.max_tokens, temperature=0.0, top_k=1,
+                stop=STOP, stream=True,
+            )
+            text = ""
+            for chunk in stream:
+                text += chunk["choices"][0]["text"]
+                label = loaded.catalog.completion_of(text) if loaded.catalog else None
+                if label is not None:
+                    stream.close()
+                    return label, loaded.version
+            return normalize_label(text), loaded.version
         finally:
             with self._lock:
                 self._pending -= 1
-                self._pace.finished(time.perf_counter(), timed=timed)
-
-    def _label(self, task: str) -> tuple[str, str]:
-        loaded = self._loaded
-        if loaded is None:
-            raise RuntimeError("small model is not loaded")
-        stream = loaded.llama.create_completion(
-            render(task), max_tokens=self.max_tokens, temperature=0.0, top_k=1,
-            stop=STOP, stream=True,
-        )
-        text = ""
-        for chunk in stream:
-            text += chunk["choices"][0]["text"]
-            label = loaded.catalog.completion_of(text) if loaded.catalog else None
-            if label is not None:
-                stream.close()
-                return label, loaded.version
-        return normalize_label(text), loaded.version
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)
