@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,6 @@ import yaml
 
 from bench.sim import WorldError, draw, load_world, parse_world, world_from_data
 from bench.sim.world import earliest_named
-from bench.unseen import main as unseen_main
-from bench.unseen import never_used_unprompted
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "bench" / "worlds").glob("*.yaml"))
@@ -229,24 +226,3 @@ def test_earliest_name_wins_case_insensitively() -> None:
     assert earliest_named(strategies, "Plan Alpha first; a beta route later") == "a"
     assert earliest_named(strategies, "no strategy here") is None
 
-
-def test_strategies_no_prior_ever_uses_are_found_changes_included() -> None:
-    assert never_used_unprompted(world_from_data(BASE)) == set()
-    data = mutated(lambda d: d["strategies"].append(
-        {"id": "novel", "names": ["novel idea"], "says": ["I tried a novel idea."]}))
-    assert never_used_unprompted(world_from_data(data)) == {"novel"}
-    data["phases"][1]["changes"]["f2"] = {"prior": {"novel": 1.0}}
-    assert never_used_unprompted(world_from_data(data)) == set()
-
-
-def test_unseen_probe_asks_the_real_model_about_every_family(tmp_path: Path) -> None:
-    world = tmp_path / "tiny.yaml"
-    world.write_text(yaml.safe_dump(BASE))
-    out = tmp_path / "unseen.json"
-    assert unseen_main(["--world", str(world), "--samples", "2", "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
-    probe = report["worlds"]["tiny"]
-    assert probe["never_used_unprompted"] == [] and set(probe["families"]) == {"f1", "f2"}
-    assert report["totals"]["answers"] == 2 * 2 * 2  # families x samples x prompts
-    assert all(f["example"]["product"] and f["example"]["method"]
-               for f in probe["families"].values())

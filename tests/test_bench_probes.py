@@ -1,0 +1,76 @@
+"""The small-model probes: bench.unseen (can it name new approaches?) and bench.labels
+(what each published adapter chooses), with the real llama.cpp and SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from bench import labels, unseen
+from bench.sim import world_from_data
+from proxy.hints.llm import SmallModel
+from proxy.hints.strategies import Strategy, StrategyCatalog
+from proxy.models import default_gguf
+from tests.adapters import publish, random_adapter
+from tests.test_sim_world import BASE, mutated
+
+
+def test_strategies_no_prior_ever_uses_are_found_changes_included() -> None:
+    assert unseen.never_used_unprompted(world_from_data(BASE)) == set()
+    data = mutated(lambda d: d["strategies"].append(
+        {"id": "novel", "names": ["novel idea"], "says": ["I tried a novel idea."]}))
+    assert unseen.never_used_unprompted(world_from_data(data)) == {"novel"}
+    data["phases"][1]["changes"]["f2"] = {"prior": {"novel": 1.0}}
+    assert unseen.never_used_unprompted(world_from_data(data)) == set()
+
+
+def test_unseen_probe_asks_the_real_model_about_every_family(tmp_path: Path) -> None:
+    world = tmp_path / "tiny.yaml"
+    world.write_text(yaml.safe_dump(BASE))
+    out = tmp_path / "unseen.json"
+    assert unseen.main(["--world", str(world), "--samples", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    probe = report["worlds"]["tiny"]
+    assert probe["never_used_unprompted"] == [] and set(probe["families"]) == {"f1", "f2"}
+    assert report["totals"]["answers"] == 2 * 2 * 2  # families x samples x prompts
+    assert all(f["example"]["product"] and f["example"]["method"]
+               for f in probe["families"].values())
+
+
+def test_new_domains_are_those_no_earlier_phase_had() -> None:
+    world = world_from_data(BASE)
+    assert labels.new_domains(world, "p1") == {"d1"}
+    assert labels.new_domains(world, "p2") == {"d2"}
+    assert labels.new_domains(world, "p3") == set()
+
+
+def test_labels_scores_each_version_by_the_hint_it_would_send(tmp_path: Path) -> None:
+    """Two versions of one adapter whose catalogs send every label it generates to the
+    last phase's best strategy (beta) or to the other one (alpha): all right, none."""
+    world_file = tmp_path / "tiny.yaml"
+    world_file.write_text(yaml.safe_dump(BASE))
+    world = world_from_data(BASE)
+    texts = {t.text for t in world.stream() if t.phase == "p3"}
+    adapter = random_adapter(tmp_path / "a.gguf", seed=1, scale=0.35)
+    model = SmallModel(default_gguf(), threads=1, max_tokens=12)
+    model.load(adapter, "probe", None)
+    generated = {model.submit(text).result()[0] for text in texts}
+    model.close()
+    state = tmp_path / "state"
+    for version, says in (("v1", "Approach: beta route."), ("v2", "I used the alpha plan.")):
+        cat = StrategyCatalog.from_json(json.dumps(
+            [Strategy(f"s{i}", says, label).__dict__ for i, label in enumerate(generated)]))
+        publish(state, version, adapter, cat)
+    out = tmp_path / "labels.json"
+    assert labels.main(["--world", str(world_file), "--state", str(state),
+                        "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["phase"] == "p3" and report["new_domains"] == []
+    families = {t.family for t in world.stream() if t.phase == "p3"}
+    for version, right in (("v1", True), ("v2", False)):
+        got = report["versions"][version]
+        assert set(got) == families
+        assert sum(f["tasks"] for f in got.values()) == len(texts)
+        assert all(f["right"] == (f["tasks"] if right else 0) for f in got.values())
