@@ -76,6 +76,23 @@ def probe_world(llm: Any, world: World, samples: int) -> dict[str, Any]:
             "families": families}
 
 
+def print_totals(report: dict[str, Any], samples: int) -> dict[str, int]:
+    totals = {"answers": 0, "any": 0, "unseen": 0}
+    for wname, probe in report["worlds"].items():
+        unseen = set(probe["never_used_unprompted"])
+        print(f"{wname}: strategies in no prior: {', '.join(sorted(unseen)) or '-'}")
+        for fid, f in probe["families"].items():
+            print(f"  {fid:20s} product {f['named']['product']} method {f['named']['method']}")
+            for kind in ("product", "method"):
+                totals["answers"] += samples
+                totals["any"] += sum(f["named"][kind].values())
+                totals["unseen"] += sum(n for sid, n in f["named"][kind].items()
+                                        if sid in unseen)
+    print(f"answers: {totals['answers']}, naming any strategy: {totals['any']}, "
+          f"naming one in no prior: {totals['unseen']}")
+    return totals
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.unseen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,25 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     llm = Llama(model_path=str(default_gguf()), n_ctx=512, n_threads=2, verbose=False)
     start = time.perf_counter()
     report: dict[str, Any] = {"samples_per_family": args.samples, "worlds": {}}
-    for path in args.world or WORLDS:
-        world = load_world(path)
-        report["worlds"][world.name] = probe_world(llm, world, args.samples)
+    try:
+        for path in args.world or WORLDS:
+            world = load_world(path)
+            report["worlds"][world.name] = probe_world(llm, world, args.samples)
+    finally:
+        llm.close()
     report["seconds"] = round(time.perf_counter() - start, 1)
     report["command"] = "python -m bench.unseen " + " ".join(argv or sys.argv[1:])
-    totals = {"answers": 0, "any": 0, "unseen": 0}
-    for wname, probe in report["worlds"].items():
-        unseen = set(probe["never_used_unprompted"])
-        print(f"{wname}: strategies in no prior: {', '.join(sorted(unseen)) or '-'}")
-        for fid, f in probe["families"].items():
-            print(f"  {fid:20s} product {f['named']['product']} method {f['named']['method']}")
-            for kind in ("product", "method"):
-                totals["answers"] += args.samples
-                totals["any"] += sum(f["named"][kind].values())
-                totals["unseen"] += sum(n for sid, n in f["named"][kind].items()
-                                        if sid in unseen)
-    report["totals"] = totals
-    print(f"answers: {totals['answers']}, naming any strategy: {totals['any']}, "
-          f"naming one in no prior: {totals['unseen']}")
+    report["totals"] = print_totals(report, args.samples)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     return 0

@@ -225,4 +225,3 @@ def test_earliest_name_wins_case_insensitively() -> None:
     assert earliest_named(strategies, "Try the BETA ROUTE, not the alpha plan") == "b"
     assert earliest_named(strategies, "Plan Alpha first; a beta route later") == "a"
     assert earliest_named(strategies, "no strategy here") is None
-
