@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.sim import World, load_world
 from bench.sim.world import earliest_named
+from proxy.config import GuidanceConfig
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import StrategyCatalog, hint_text
 from proxy.models import default_gguf
@@ -38,6 +39,8 @@ def new_domains(world: World, phase: str) -> set[str]:
 
 def versions(state: Path) -> list[Path]:
     root = state / "adapters"
+    if not root.is_dir():
+        raise SystemExit(f"no adapters/ under {state}: pass a proxy's state directory")
     found = sorted(d for d in root.iterdir()
                    if (d / "adapter.gguf").is_file() and (d / "catalog.json").is_file())
     if not found:
@@ -61,7 +64,9 @@ def score(model: SmallModel, world: World, phase: str, tasks: dict[str, str],
 
 def run(world: World, state: Path, phase: str) -> dict[str, Any]:
     tasks = {t.text: t.family for t in world.stream() if t.phase == phase}
-    model = SmallModel(default_gguf(), threads=1, batch_threads=2, max_tokens=12)
+    g = GuidanceConfig()  # the proxy's defaults
+    model = SmallModel(default_gguf(), threads=g.threads, batch_threads=g.batch_threads,
+                       max_tokens=g.max_hint_tokens)
     report: dict[str, Any] = {"phase": phase, "new_domains": sorted(new_domains(world, phase)),
                               "versions": {}}
     try:
