@@ -1,5 +1,6 @@
-"""The small-model probes: bench.unseen (can it name new approaches?) and bench.labels
-(what each published adapter chooses), with the real llama.cpp and SmolLM2 GGUF."""
+"""The small-model probes: bench.unseen (can it name new approaches?), bench.labels
+(what each published adapter chooses) and bench.colocated (generation time beside a
+CPU-heavy neighbour), with the real llama.cpp and SmolLM2 GGUF."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from bench import labels, unseen
+from bench import colocated, labels, unseen
 from bench.sim import world_from_data
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import Strategy, StrategyCatalog
@@ -74,3 +75,14 @@ def test_labels_scores_each_version_by_the_hint_it_would_send(tmp_path: Path) ->
         assert set(got) == families
         assert sum(f["tasks"] for f in got.values()) == len(texts)
         assert all(f["right"] == (f["tasks"] if right else 0) for f in got.values())
+
+
+def test_colocated_times_the_model_alone_and_beside_a_niced_neighbour(
+        tmp_path: Path) -> None:
+    out = tmp_path / "colocated.json"
+    assert colocated.main(["--tasks", "3", "--nice", "10", "--neighbour", "torch:1",
+                           "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["neighbour"], r.get("nice")) for r in rows] == [
+        (None, None), ("torch x1", 10), (None, None)]
+    assert all(r["tasks"] == 3 and 0 < r["p50_ms"] <= r["max_ms"] for r in rows)
