@@ -23,12 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.labels import proxy_small_model
 from bench.sim import load_world
 from bench.sim.metrics import percentile
 from proxy.config import GuidanceConfig
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import StrategyCatalog
-from proxy.models import default_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = REPO / "bench/worlds/release-desk.yaml"
@@ -46,9 +46,7 @@ SETTLE_S = 6.0  # the neighbour imports and warms up before timing starts
 
 
 def model_for(adapter: Path | None) -> SmallModel:
-    g = GuidanceConfig()  # the proxy's defaults
-    model = SmallModel(default_gguf(), threads=g.threads, batch_threads=g.batch_threads,
-                       max_tokens=g.max_hint_tokens)
+    model = proxy_small_model()
     catalog = (StrategyCatalog.from_json((adapter / "catalog.json").read_text())
                if adapter else None)
     model.load(adapter / "adapter.gguf" if adapter else None, "probe", catalog)

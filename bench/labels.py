@@ -37,6 +37,13 @@ def new_domains(world: World, phase: str) -> set[str]:
     return now - earlier
 
 
+def proxy_small_model() -> SmallModel:
+    """The small model as the proxy runs it by default (threads, label length)."""
+    g = GuidanceConfig()
+    return SmallModel(default_gguf(), threads=g.threads, batch_threads=g.batch_threads,
+                      max_tokens=g.max_hint_tokens)
+
+
 def versions(state: Path) -> list[Path]:
     root = state / "adapters"
     if not root.is_dir():
@@ -64,9 +71,7 @@ def score(model: SmallModel, world: World, phase: str, tasks: dict[str, str],
 
 def run(world: World, state: Path, phase: str) -> dict[str, Any]:
     tasks = {t.text: t.family for t in world.stream() if t.phase == phase}
-    g = GuidanceConfig()  # the proxy's defaults
-    model = SmallModel(default_gguf(), threads=g.threads, batch_threads=g.batch_threads,
-                       max_tokens=g.max_hint_tokens)
+    model = proxy_small_model()
     report: dict[str, Any] = {"phase": phase, "new_domains": sorted(new_domains(world, phase)),
                               "versions": {}}
     try:
