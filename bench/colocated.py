@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,14 +65,15 @@ def timings(model: SmallModel, tasks: list[str], budget_ms: float) -> dict[str, 
             "tasks": len(ms)}
 
 
-def beside(kind: str, threads: int, nice: int, measure: Any) -> dict[str, Any]:
+def beside(kind: str, threads: int, nice: int,
+           measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     code = NEIGHBOURS[kind].format(nice=nice, threads=threads)
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
     try:
         time.sleep(SETTLE_S)
         if proc.poll() is not None:
             raise RuntimeError(f"the {kind} neighbour exited with {proc.returncode}")
-        return dict(measure())
+        return measure()
     finally:
         proc.kill()
         proc.wait()
