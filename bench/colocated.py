@@ -24,12 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.labels import proxy_small_model
+from bench.labels import load_version, proxy_small_model
 from bench.sim import load_world
 from bench.sim.metrics import percentile
 from proxy.config import GuidanceConfig
 from proxy.hints.llm import SmallModel
-from proxy.hints.strategies import StrategyCatalog
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = REPO / "bench/worlds/release-desk.yaml"
@@ -48,9 +47,10 @@ SETTLE_S = 6.0  # the neighbour imports and warms up before timing starts
 
 def model_for(adapter: Path | None) -> SmallModel:
     model = proxy_small_model()
-    catalog = (StrategyCatalog.from_json((adapter / "catalog.json").read_text())
-               if adapter else None)
-    model.load(adapter / "adapter.gguf" if adapter else None, "probe", catalog)
+    if adapter is None:
+        model.load(None, "base", None)
+    else:
+        load_version(model, adapter)
     return model
 
 

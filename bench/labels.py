@@ -22,19 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.sim import World, load_world
+from bench.sim.metrics import new_domains
 from bench.sim.world import earliest_named
+from learner import publish
 from proxy.config import GuidanceConfig
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import StrategyCatalog, hint_text
 from proxy.models import default_gguf
-
-
-def new_domains(world: World, phase: str) -> set[str]:
-    names = [p.name for p in world.phases]
-    domain = {f.id: f.domain for f in world.families}
-    earlier = {domain[f] for p in world.phases[:names.index(phase)] for f in p.mix}
-    now = {domain[f] for f in world.phases[names.index(phase)].mix}
-    return now - earlier
 
 
 def proxy_small_model() -> SmallModel:
@@ -44,15 +38,11 @@ def proxy_small_model() -> SmallModel:
                       max_tokens=g.max_hint_tokens)
 
 
-def versions(state: Path) -> list[Path]:
-    root = state / "adapters"
-    if not root.is_dir():
-        raise SystemExit(f"no adapters/ under {state}: pass a proxy's state directory")
-    found = sorted(d for d in root.iterdir()
-                   if (d / "adapter.gguf").is_file() and (d / "catalog.json").is_file())
-    if not found:
-        raise SystemExit(f"no published adapter under {root}")
-    return found
+def load_version(model: SmallModel, version_dir: Path) -> StrategyCatalog:
+    """Load a published version (learner/publish.py's layout) as the proxy would."""
+    catalog = StrategyCatalog.from_json((version_dir / "catalog.json").read_text())
+    model.load(version_dir / "adapter.gguf", version_dir.name, catalog)
+    return catalog
 
 
 def score(model: SmallModel, world: World, phase: str, tasks: dict[str, str],
@@ -70,15 +60,19 @@ def score(model: SmallModel, world: World, phase: str, tasks: dict[str, str],
 
 
 def run(world: World, state: Path, phase: str) -> dict[str, Any]:
+    published = publish.versions(state)
+    if not published:
+        raise SystemExit(f"no published adapter under {publish.adapters_dir(state)}: "
+                         "pass a proxy's state directory")
     tasks = {t.text: t.family for t in world.stream() if t.phase == phase}
+    index = [p.name for p in world.phases].index(phase)
     model = proxy_small_model()
-    report: dict[str, Any] = {"phase": phase, "new_domains": sorted(new_domains(world, phase)),
-                              "versions": {}}
+    report: dict[str, Any] = {"phase": phase, "versions": {},
+                              "new_domains": sorted(new_domains(world, index))}
     try:
-        for vdir in versions(state):
-            catalog = StrategyCatalog.from_json((vdir / "catalog.json").read_text())
-            model.load(vdir / "adapter.gguf", vdir.name, catalog)
-            report["versions"][vdir.name] = score(model, world, phase, tasks, catalog)
+        for version in published:
+            catalog = load_version(model, publish.adapters_dir(state) / version)
+            report["versions"][version] = score(model, world, phase, tasks, catalog)
     finally:
         model.close()
     return report

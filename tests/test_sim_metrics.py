@@ -8,7 +8,14 @@ import pytest
 import yaml
 
 from bench.sim import World, world_from_data
-from bench.sim.metrics import ArmLog, NightlyJob, compute, percentile, reachable_accuracy
+from bench.sim.metrics import (
+    ArmLog,
+    NightlyJob,
+    compute,
+    new_domains,
+    percentile,
+    reachable_accuracy,
+)
 from bench.sim.model import Decision, TaskRecord, task_record
 
 # One family per phase so every task's family is known without the hash:
@@ -139,3 +146,10 @@ def test_reachable_accuracy_counts_only_best_strategies_the_model_has_used() -> 
     world = world_from_data(WORLD)
     assert reachable_accuracy(world) == {"p1": 0.0, "p2": 0.0, "p3": 0.0, "p4": 1.0,
                                          "overall": 0.25}
+
+
+def test_new_domains_are_those_no_earlier_phase_had(world: World) -> None:
+    assert new_domains(world, 0) == {"d1"}
+    assert new_domains(world, 1) == set()
+    assert new_domains(world, 2) == {"d2"}
+    assert new_domains(world, 3) == set()  # d1 again: not new

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bench.sim.model import TaskRecord
-from bench.sim.world import Task, World
+from bench.sim.world import Phase, Task, World
 
 
 @dataclass(frozen=True)
@@ -128,21 +128,25 @@ def accuracy(run: _Run, indices: Iterable[int]) -> float | None:
     return ratio(hits, len(named))
 
 
+def new_domains(world: World, phase_index: int) -> set[str]:
+    """Domains in the phase's mix that no earlier phase's mix had."""
+
+    def domains(phases: Iterable[Phase]) -> set[str]:
+        return {world.family(f).domain for p in phases for f, w in p.mix.items() if w > 0}
+
+    return domains(world.phases[phase_index:phase_index + 1]) - domains(
+        world.phases[:phase_index])
+
+
 def transfer_indices(run: _Run, phase_index: int) -> list[int]:
     """First-day tasks of families whose domain no earlier phase's mix had."""
     if phase_index == 0:
         return []
-    world = run.world
-    earlier = {
-        world.family(f).domain
-        for p in world.phases[:phase_index]
-        for f, w in p.mix.items()
-        if w > 0
-    }
+    new = new_domains(run.world, phase_index)
     return [
         i
         for i in run.indices([phase_index])
-        if run.tasks[i].day_in_phase == 0 and run.tasks[i].domain not in earlier
+        if run.tasks[i].day_in_phase == 0 and run.tasks[i].domain in new
     ]
 
 
