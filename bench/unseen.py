@@ -9,8 +9,8 @@ model's own pretraining. This asks the bare SmolLM2 GGUF (no adapter) for an app
 to every family's tasks and counts the answers that, as a hint, would make the
 simulated model follow a strategy (the spec's earliest-name rule, WORLD_SPEC.md):
 
-- ``product``: the proxy's own prompt (``proxy/hints/prompt.py``), greedy, one task
-  text per sample;
+- ``product``: the proxy's own prompt (``proxy/hints/prompt.py``), greedy, for each
+  of a family's first ``--samples`` task texts in the world's stream;
 - ``method``: a prompt that asks for a well-known method by name, sampled at
   temperature 1.0 (top-p 0.95) with a different seed per sample.
 """
@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.sim import load_world
-from bench.sim.world import Family, World, earliest_named
-from proxy.hints.prompt import END_OF_TURN, STOP, render
+from bench.sim.world import World, earliest_named
+from proxy.hints.prompt import STOP, chat, render
 from proxy.models import default_gguf
 
 WORLDS = [Path(__file__).resolve().parents[2] / "shared/bench/worlds/office-ops.yaml",
@@ -37,16 +36,13 @@ METHOD_SYSTEM = ("Suggest a well-known method for this task. "
                  "Answer with the method's name only.")
 
 
-def method_prompt(task: str) -> str:
-    return (f"<|im_start|>system\n{METHOD_SYSTEM}{END_OF_TURN}\n"
-            f"<|im_start|>user\n{task}{END_OF_TURN}\n<|im_start|>assistant\n")
-
-
-def task_texts(family: Family, samples: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [rng.choice(family.templates).format(
-        **{slot: rng.choice(values) for slot, values in family.slots.items()})
-        for _ in range(samples)]
+def task_texts(world: World, samples: int) -> dict[str, list[str]]:
+    """Each family's first ``samples`` task texts in the world's own stream."""
+    texts: dict[str, list[str]] = {f.id: [] for f in world.families}
+    for task in world.stream():
+        if len(texts[task.family]) < samples:
+            texts[task.family].append(task.text)
+    return texts
 
 
 def never_used_unprompted(world: World) -> set[str]:
@@ -58,25 +54,24 @@ def never_used_unprompted(world: World) -> set[str]:
 
 def probe_world(llm: Any, world: World, samples: int) -> dict[str, Any]:
     families = {}
-    for family in world.families:
+    for family, texts in task_texts(world, samples).items():
         counts: dict[str, dict[str, int]] = {"product": {}, "method": {}}
         examples: dict[str, str] = {}
-        texts = task_texts(family, samples, seed=sum(family.id.encode()))
         for k, task in enumerate(texts):
             for kind, prompt, temperature in (("product", render(task), 0.0),
-                                              ("method", method_prompt(task), 1.0)):
+                                              ("method", chat(METHOD_SYSTEM, task), 1.0)):
                 out = llm(prompt, max_tokens=16, temperature=temperature, top_p=0.95,
                           seed=k, stop=STOP)["choices"][0]["text"].strip()
                 examples.setdefault(kind, out)
                 followed = earliest_named(world.strategies, out)
                 if followed is not None:
                     counts[kind][followed] = counts[kind].get(followed, 0) + 1
-        families[family.id] = {"named": counts, "example": examples}
+        families[family] = {"tasks": len(texts), "named": counts, "example": examples}
     return {"never_used_unprompted": sorted(never_used_unprompted(world)),
             "families": families}
 
 
-def print_totals(report: dict[str, Any], samples: int) -> dict[str, int]:
+def print_totals(report: dict[str, Any]) -> dict[str, int]:
     totals = {"answers": 0, "any": 0, "unseen": 0}
     for wname, probe in report["worlds"].items():
         unseen = set(probe["never_used_unprompted"])
@@ -84,7 +79,7 @@ def print_totals(report: dict[str, Any], samples: int) -> dict[str, int]:
         for fid, f in probe["families"].items():
             print(f"  {fid:20s} product {f['named']['product']} method {f['named']['method']}")
             for kind in ("product", "method"):
-                totals["answers"] += samples
+                totals["answers"] += f["tasks"]
                 totals["any"] += sum(f["named"][kind].values())
                 totals["unseen"] += sum(n for sid, n in f["named"][kind].items()
                                         if sid in unseen)
@@ -98,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world", type=Path, action="append", default=None,
                         help="world YAML; repeatable (default: the three worlds)")
-    parser.add_argument("--samples", type=int, default=20, help="task texts per family")
+    parser.add_argument("--samples", type=int, default=20,
+                        help="task texts per family, the first ones in the world's stream")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     from llama_cpp import Llama  # heavy: imported only to probe
@@ -114,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         llm.close()
     report["seconds"] = round(time.perf_counter() - start, 1)
     report["command"] = "python -m bench.unseen " + " ".join(argv or sys.argv[1:])
-    report["totals"] = print_totals(report, args.samples)
+    report["totals"] = print_totals(report)
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     return 0

@@ -27,8 +27,13 @@ def task_for_prompt(task: str) -> str:
     return " ".join(toks[:MAX_TASK_WORDS])
 
 
+def chat(system: str, user: str) -> str:
+    """One system and one user turn in SmolLM2's ChatML, ending where the reply starts."""
+    return _TEMPLATE.format(system=system, task=user)
+
+
 def render(task: str) -> str:
-    return _TEMPLATE.format(system=SYSTEM, task=task_for_prompt(task))
+    return chat(SYSTEM, task_for_prompt(task))
 
 
 def normalize_label(generated: str) -> str:
