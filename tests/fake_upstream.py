@@ -75,11 +75,14 @@ class FakeUpstream:
         else:
             content = "".join(WORDS)
         choices = [self._choice(i, model, content) for i in range(n)]
+        headers = {"x-request-id": "req_upstream_1"}
+        if model == "set-cookie":
+            headers["set-cookie"] = "session=for-this-client-only; Path=/"
         return JSONResponse({
             "id": "chatcmpl-fake", "object": "chat.completion", "created": 1700000000,
             "model": model, "choices": choices,
             "usage": {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17},
-        }, headers={"x-request-id": "req_upstream_1"})
+        }, headers=headers)
 
     @staticmethod
     def _choice(i: int, model: str, content: str) -> dict[str, Any]:

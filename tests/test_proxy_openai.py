@@ -149,6 +149,18 @@ def test_other_endpoints_forwarded_and_recorded(proxy: ProxyHandle, fake: FakeUp
     assert streamed[0]["response_text"] == "Responses answer."
 
 
+def test_upstream_cookies_reach_their_client_only(proxy: ProxyHandle,
+                                                 fake: FakeUpstream) -> None:
+    """One client's upstream session cookie must never ride on another client's call."""
+    url = f"{proxy.base_url}/chat/completions"
+    first = httpx.post(url, json={"model": "set-cookie", "messages": MSGS})
+    assert first.headers["set-cookie"] == "session=for-this-client-only; Path=/"
+    httpx.post(url, json={"model": "m", "messages": MSGS})
+    assert "cookie" not in fake.received[-1]["headers"]
+    httpx.post(url, json={"model": "m", "messages": MSGS}, headers={"cookie": "mine=1"})
+    assert fake.received[-1]["headers"]["cookie"] == "mine=1"
+
+
 def test_anthropic_messages(make_proxy: object, fake: FakeUpstream) -> None:
     url = fake.url + "/v1"  # type: ignore[attr-defined]
     proxy = make_proxy(upstream={"anthropic_base_url": url,  # type: ignore[operator]
