@@ -124,6 +124,9 @@ class Recorder:
             pending, count = {}, 0
             deadline = time.monotonic() + self.flush_interval_s
             if isinstance(item, _Task):
+                # A snapshot must hold every row recorded before it, spilled ones too.
+                if self.stats.spilled > self.stats.replayed:
+                    self._replay_spill()
                 self._run_task(item)
             elif item is None:
                 self._drain_rest()

@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -62,6 +64,28 @@ def test_recorder_spills_on_overflow_and_loses_nothing(tmp_path: Path) -> None:
     rec.stop()
     assert store.scalar("SELECT count(DISTINCT request_id) FROM calls") == 100
     assert rec.stats.replayed == 90 and not (tmp_path / "state" / "spill.jsonl").exists()
+
+
+def test_work_on_the_writer_sees_rows_spilled_before_it(tmp_path: Path) -> None:
+    """A snapshot (or any submitted task) must include every row recorded before it was
+    asked for, spilled ones too, not only what the queue held."""
+    store = Store(tmp_path / "s.duckdb")
+    rec = Recorder(store, queue_size=10, batch_size=1000, flush_interval_s=60,
+                   spill_path=tmp_path / "state" / "spill.jsonl")
+    rec.start()
+    gate = threading.Event()
+    rec.submit(lambda _: gate.wait(10))  # hold the writer busy
+    for i in range(30):
+        rec.record("calls", row(i))
+    assert rec.stats.spilled == 20
+    counted: list[Future[int]] = []
+    asker = threading.Thread(target=lambda: counted.append(
+        rec.submit(lambda s: s.scalar("SELECT count(*) FROM calls"))))
+    asker.start()  # blocks until the writer makes room in the queue
+    gate.set()
+    asker.join(10)
+    assert counted[0].result(10) == 30
+    rec.stop()
 
 
 def test_recorder_isolates_a_bad_row(tmp_path: Path) -> None:
