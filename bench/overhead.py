@@ -46,7 +46,7 @@ from bench.targets import (
 )
 
 PATH = "/v1/chat/completions"
-ALL_TARGETS = ("direct", "off", "off-plain", "retrieval", "both", "litellm")
+ALL_TARGETS = ("direct", "off", "retrieval", "both", "litellm")
 # Streams and the ramp: the steady state of each kind of target (a hint hit when on).
 FOCUS_ARMS = ("direct", "off", "retrieval-hit", "litellm")
 RAMP_TIMEOUT_S = 2.0  # a request not answered in this long counts as an error in the ramp
@@ -159,8 +159,7 @@ class Bench:
                     guidance = {"enabled": True, "mode": target, "holdout": 0.0}
                 if target == "both":
                     publish_random_adapter(directory / "tactician.state")
-                svc = tactician_service(directory, upstream, guidance,
-                                        plain=target == "off-plain")
+                svc = tactician_service(directory, upstream, guidance)
             else:
                 continue
             svc.start()

@@ -103,7 +103,7 @@ def build(samples: dict[str, dict[str, list[Sample]]],
     return result
 
 
-ARM_ORDER = ("direct", "off", "off-plain", "retrieval-hit", "retrieval-miss", "both-hit",
+ARM_ORDER = ("direct", "off", "retrieval-hit", "retrieval-miss", "both-hit",
              "both-miss", "litellm")
 
 

@@ -58,27 +58,13 @@ def chat_body(task: str, model: str = "mock", stream: bool = False) -> bytes:
 # -- Tactician ---------------------------------------------------------------------
 
 def tactician_service(directory: Path, upstream: str, guidance: dict[str, Any], *,
-                      plain: bool = False, store: dict[str, Any] | None = None,
+                      store: dict[str, Any] | None = None,
                       upstream_extra: dict[str, Any] | None = None) -> ProxyProcess:
     """Tactician in front of ``upstream`` (the mock's root URL), without tokens: the load
-    generator posts outcomes and snapshots unauthenticated.
-
-    ``plain``: hide uvloop and httptools so uvicorn falls back to asyncio + h11.
-    """
+    generator posts outcomes and snapshots unauthenticated."""
     directory.mkdir(parents=True, exist_ok=True)
-    env = {"PYTHONPATH": str(_shadow_dir(directory))} if plain else None
     return ProxyProcess(directory, upstream + "/v1", guidance, tokens=False, store=store,
-                        upstream_extra=upstream_extra, env=env)
-
-
-def _shadow_dir(directory: Path) -> Path:
-    """Modules that shadow uvloop and httptools and fail to import: uvicorn's "auto"
-    loop and HTTP settings then pick asyncio and h11, without touching proxy code."""
-    shadow = directory / "shadow"
-    shadow.mkdir(exist_ok=True)
-    for name in ("uvloop", "httptools"):
-        (shadow / f"{name}.py").write_text(f"raise ImportError('{name} hidden by the bench')\n")
-    return shadow
+                        upstream_extra=upstream_extra)
 
 
 def publish_random_adapter(state_dir: Path) -> None:

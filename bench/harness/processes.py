@@ -195,8 +195,7 @@ class ProxyProcess(Service):
 
     def __init__(self, directory: Path, upstream: str, guidance: dict[str, Any], *,
                  tokens: bool = True, store: dict[str, Any] | None = None,
-                 upstream_extra: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 upstream_extra: dict[str, Any] | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         port = free_port()
@@ -205,7 +204,7 @@ class ProxyProcess(Service):
         self.config_path = directory / "proxy.yaml"
         command = [sys.executable, "-m", "proxy", "--config", str(self.config_path)]
         super().__init__(f"tactician ({directory.name})", command, port,
-                         directory / "proxy.log", env)
+                         directory / "proxy.log")
         # One keep-alive client: the learning benchmark posts an outcome per task.
         self._http = httpx.Client(timeout=60.0)
 
