@@ -19,6 +19,7 @@ import pytest
 import uvloop
 
 from proxy.transport import HIGH_WATER, Http1Transport
+from proxy.upstream import Target, Upstream, default_transport
 
 Answer = Callable[[bytes, asyncio.StreamWriter], Awaitable[bool]]
 
@@ -301,4 +302,28 @@ def test_tls_to_a_self_signed_origin(tmp_path: Path) -> None:
                     await c.get(f"https://localhost:{port}/")
         finally:
             server.close()
+    run(main)
+
+
+def test_upstream_goes_through_a_proxy_named_in_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """httpx ignores HTTP(S)_PROXY once given a transport: the upstream must notice the
+    proxy and leave the calls to httpx's own transports, which use it."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert isinstance(default_transport(), Http1Transport)
+
+    async def main() -> None:
+        async with Scripted(fixed(b"via the proxy")) as proxy:
+            monkeypatch.setenv("HTTP_PROXY", proxy.url)
+            upstream = Upstream(timeout_s=5, connect_timeout_s=5)
+            target = Target("http://big-model.invalid/v1", "sk-test", "authorization")
+            resp = await upstream.send(target, "POST", "/chat/completions", b"",
+                                       {"content-type": "application/json"}, b"{}")
+            assert await resp.aread() == b"via the proxy"
+            await resp.aclose()
+            await upstream.aclose()
+            assert proxy.requests[0].startswith(
+                b"POST http://big-model.invalid/v1/chat/completions HTTP/1.1\r\n")
     run(main)
