@@ -27,6 +27,8 @@ from typing import cast
 import httptools
 import httpx
 
+from proxy import dial
+
 # Reading pauses while this much of a body waits for the consumer, and resumes below
 # the low mark: a slow client cannot make us buffer a whole upstream answer.
 HIGH_WATER = 256 * 1024
@@ -324,11 +326,15 @@ class Http1Transport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         context = self._tls() if origin.scheme == "https" else None
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(lambda: _Connection(origin), origin.host, origin.port,
-                                       ssl=context),
-                timeout,
-            )
+            async with asyncio.timeout(timeout):
+                sock = await dial.open_socket(origin.host, origin.port)
+                try:
+                    _, conn = await loop.create_connection(
+                        lambda: _Connection(origin), sock=sock, ssl=context,
+                        server_hostname=origin.host if context else None)
+                except BaseException:
+                    sock.close()  # a no-op where the loop already closed it
+                    raise
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(f"connecting to {origin.host}:{origin.port}") from exc
         except (OSError, ssl.SSLError) as exc:

@@ -8,8 +8,10 @@ truncation are checked byte for byte, which a framework server would smooth over
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import httpx
 import pytest
 import uvloop
 
+from proxy import dial
 from proxy.transport import HIGH_WATER, Http1Transport
 from proxy.upstream import Target, Upstream, default_transport
 
@@ -327,3 +330,34 @@ def test_upstream_goes_through_a_proxy_named_in_the_environment(
             assert proxy.requests[0].startswith(
                 b"POST http://big-model.invalid/v1/chat/completions HTTP/1.1\r\n")
     run(main)
+
+
+def test_a_silent_address_does_not_hold_up_the_next_one() -> None:
+    """RFC 8305: when the first address drops SYNs (here a listener whose accept queue is
+    full), the next one is tried 250 ms later instead of after the connect timeout."""
+    async def main() -> None:
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        filler = socket.create_connection(silent.getsockname())  # the queue is now full
+        try:
+            async with Scripted(fixed(b"")) as srv:
+                good = ("127.0.0.1", int(srv.url.rsplit(":", 1)[1]))
+                tcp = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+                t0 = time.perf_counter()
+                sock = await dial.race([(*tcp, silent.getsockname()), (*tcp, good)])
+                elapsed = time.perf_counter() - t0
+                assert sock.getpeername() == good
+                sock.close()
+                assert dial.ATTEMPT_DELAY_S <= elapsed < 1.0
+        finally:
+            filler.close()
+            silent.close()
+    run(main)
+
+
+def test_address_families_alternate() -> None:
+    v6a = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 1))
+    v6b = (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::2", 1))
+    v4a = (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 1))
+    assert dial.interleave([v6a, v6b, v4a]) == [v6a, v4a, v6b]
