@@ -9,9 +9,10 @@ connection that its peer closed it (``connection_lost``), and responses are pars
 the same C parser uvicorn uses for our own server side.
 
 Scope is what the relay needs: HTTP/1.1 with keep-alive, streamed response bodies with
-back-pressure, TLS, and httpx's timeouts (connect, read between chunks, pool). No
-CONNECT: when the environment names a proxy, ``proxy.upstream`` leaves the calls to
-httpx's own transports.
+back-pressure, TLS, httpx's timeouts (connect, read between chunks, pool), and
+connects that race a host's addresses (``proxy.dial``). No CONNECT: when the
+environment names a proxy, ``proxy.upstream`` leaves the calls to httpx's own
+transports.
 """
 
 from __future__ import annotations
