@@ -112,6 +112,34 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
         """,
     ),
     ("005_calls_episode_index", "CREATE INDEX calls_episode ON calls (episode_id)"),
+    (
+        # A call's own latest outcome wins whole: 003 took success and score separately,
+        # so a later score-only call outcome kept an earlier episode's success.
+        "006_call_outcomes_whole_row",
+        """
+        CREATE OR REPLACE VIEW call_outcomes AS
+        WITH by_call AS (
+            SELECT * FROM outcomes WHERE request_id IS NOT NULL
+            QUALIFY row_number() OVER (PARTITION BY request_id
+                                       ORDER BY received_at DESC, outcome_id DESC) = 1
+        ), by_episode AS (
+            SELECT * FROM outcomes WHERE request_id IS NULL AND episode_id IS NOT NULL
+            QUALIFY row_number() OVER (PARTITION BY episode_id
+                                       ORDER BY received_at DESC, outcome_id DESC) = 1
+        ), chosen AS (
+            SELECT c.request_id, c.episode_id,
+                   CASE WHEN bc.outcome_id IS NOT NULL THEN bc ELSE be END AS o,
+                   CASE WHEN bc.outcome_id IS NOT NULL THEN 'call'
+                        WHEN be.outcome_id IS NOT NULL THEN 'episode' END AS outcome_level
+            FROM calls c
+            LEFT JOIN by_call bc ON bc.request_id = c.request_id
+            LEFT JOIN by_episode be ON be.episode_id = c.episode_id
+        )
+        SELECT request_id, episode_id, o.outcome_id AS outcome_id, o.success AS success,
+               o.score AS score, outcome_level
+        FROM chosen
+        """,
+    ),
 )
 
 CALL_COLUMNS: tuple[str, ...] = (

@@ -76,6 +76,20 @@ def test_later_outcome_supersedes_and_history_is_kept(proxy: ProxyHandle) -> Non
     assert effective(proxy, rid, expect=False)["outcome_level"] == "call"
 
 
+def test_a_later_call_score_replaces_the_episode_outcome_whole(proxy: ProxyHandle) -> None:
+    # A score-only outcome for the call must not keep the episode's earlier success:
+    # the call's own latest outcome is taken whole, in the store's view and the dashboard.
+    rid = call(proxy, "ep-mix")
+    httpx.post(f"{proxy.base_url}/outcomes", json={"episode_id": "ep-mix", "success": True})
+    assert effective(proxy, rid, expect=True)["outcome_level"] == "episode"
+    httpx.post(f"{proxy.base_url}/outcomes", json={"request_id": rid, "score": 0.1})
+    rows = proxy.wait_rows("SELECT * FROM call_outcomes WHERE request_id = ? "
+                           "AND outcome_level = 'call'", 1, [rid])
+    assert (rows[0]["success"], rows[0]["score"]) == (None, 0.1)
+    detail = httpx.get(f"{proxy.url}/dashboard/api/calls/{rid}").json()["call"]
+    assert (detail["success"], detail["score"], detail["outcome_level"]) == (None, 0.1, "call")
+
+
 @pytest.mark.parametrize(("body", "status", "code"), [
     (b"{broken", 400, "invalid_json"),
     (b"[]", 400, "invalid_json"),

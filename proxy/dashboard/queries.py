@@ -46,8 +46,10 @@ def _outcomes(call_filter: str = "", episode_filter: str = "") -> str:
 _JOIN = """LEFT JOIN by_call bc ON bc.request_id = c.request_id
            LEFT JOIN by_episode be ON be.episode_id = c.episode_id"""
 _JUDGED = "(bc.request_id IS NOT NULL OR be.episode_id IS NOT NULL)"
-_SUCCESS = "coalesce(bc.o.success, be.o.success)"
-_SCORE = "coalesce(bc.o.score, be.o.score)"
+# The call's own outcome wins whole (as in the view ``call_outcomes``).
+_CHOSEN = "(CASE WHEN bc.request_id IS NOT NULL THEN bc.o ELSE be.o END)"
+_SUCCESS = f"{_CHOSEN}.success"
+_SCORE = f"{_CHOSEN}.score"
 _OK = f"coalesce({_SUCCESS}, {_SCORE} >= 0.5)"
 _LEVEL = "CASE WHEN bc.request_id IS NOT NULL THEN 'call' " \
          "WHEN be.episode_id IS NOT NULL THEN 'episode' END"
