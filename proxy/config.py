@@ -9,17 +9,27 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import types
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
 from proxy.errors import ConfigError
+from proxy.typed_tree import Range, build, expand_tree, is_internal
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# Sizes, counts, threads and poll intervals, where 0 divides by zero, busy-loops or
+# does nothing.
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+# Timeouts and budgets: 0 would fail every call.
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, le=1)]
+# A difference of two accuracies or a cosine similarity: beyond ±1 it is a typo (2 for 2 %).
+SignedFraction = Annotated[float, Range(ge=-1, le=1)]
 
 
 @dataclass(frozen=True)
@@ -28,8 +38,8 @@ class UpstreamConfig:
 
     base_url: str | None = None
     api_key: str | None = None
-    timeout_s: float = 600.0
-    connect_timeout_s: float = 10.0
+    timeout_s: PositiveFloat = 600.0
+    connect_timeout_s: PositiveFloat = 10.0
     anthropic_base_url: str | None = None
     anthropic_api_key: str | None = None
 
@@ -55,9 +65,9 @@ class RedactConfig:
 class StoreConfig:
     path: str = "./data/tactician.duckdb"
     state_dir: str | None = None
-    queue_size: int = 50_000
-    batch_size: int = 500
-    flush_interval_ms: int = 200
+    queue_size: PositiveInt = 50_000
+    batch_size: PositiveInt = 500
+    flush_interval_ms: PositiveInt = 200
     redact: RedactConfig = field(default_factory=RedactConfig)
 
 
@@ -66,24 +76,24 @@ class GuidanceConfig:
     enabled: bool = True
     mode: Literal["both", "retrieval", "model"] = "both"
     model_path: str | None = None
-    budget_ms: float = 150.0
-    holdout: float = 0.1
+    budget_ms: PositiveFloat = 150.0
+    holdout: Fraction = 0.1
     task_source: Literal["first_user", "last_user"] = "first_user"
-    cache_size: int = 4096
-    similar_k: int = 200
-    min_similarity: float = 0.2
-    min_evidence: int = 10
-    half_life: float = 250.0
-    optimism: float = 0.0
-    min_success: float = 0.5
-    explore: float = 0.0
-    explore_tries: int = 1
-    explore_after: int = 40
-    memory_size: int = 50_000
-    threads: int = 1
-    batch_threads: int = 2
-    max_hint_tokens: int = 12
-    adapter_poll_ms: int = 250
+    cache_size: PositiveInt = 4096
+    similar_k: PositiveInt = 200
+    min_similarity: SignedFraction = 0.2
+    min_evidence: NonNegativeInt = 10
+    half_life: NonNegativeFloat = 250.0  # 0: no fading
+    optimism: NonNegativeFloat = 0.0
+    min_success: Fraction = 0.5
+    explore: Fraction = 0.0
+    explore_tries: NonNegativeInt = 1
+    explore_after: NonNegativeInt = 40
+    memory_size: PositiveInt = 50_000
+    threads: PositiveInt = 1
+    batch_threads: PositiveInt = 2
+    max_hint_tokens: PositiveInt = 12
+    adapter_poll_ms: PositiveInt = 250
     seed: int = 0
 
 
@@ -95,7 +105,7 @@ class OutcomesConfig:
 
 @dataclass(frozen=True)
 class LimitsConfig:
-    max_body_mb: float = 20.0
+    max_body_mb: PositiveFloat = 20.0
 
 
 @dataclass(frozen=True)
@@ -108,9 +118,9 @@ class LocalModelConfig:
     """The embedded default upstream: llama.cpp's OpenAI-compatible server."""
 
     model_path: str | None = None
-    n_ctx: int = 2048
-    threads: int = 2
-    startup_timeout_s: float = 120.0
+    n_ctx: NonNegativeInt = 2048  # 0: the model's own context length (llama.cpp)
+    threads: PositiveInt = 2
+    startup_timeout_s: PositiveFloat = 120.0
 
 
 @dataclass(frozen=True)
@@ -118,13 +128,13 @@ class LearnerConfig:
     schedule: str | None = "0 3 * * *"
     # The whole nightly job; training gets what is left after the evaluation it must
     # leave time for (measured on this machine at the start of the run).
-    max_run_seconds: float = 600.0
-    max_train_seconds: float = 600.0
-    threads: int = 1
-    nice: int = 10
-    keep_versions: int = 5
-    tolerance: float = 0.02
-    min_examples: int = 20
+    max_run_seconds: PositiveFloat = 600.0
+    max_train_seconds: PositiveFloat = 600.0
+    threads: PositiveInt = 1
+    nice: Annotated[int, Range(ge=-20, le=19)] = 10
+    keep_versions: PositiveInt = 5
+    tolerance: SignedFraction = 0.02
+    min_examples: PositiveInt = 20
 
 
 @dataclass(frozen=True)
@@ -174,131 +184,38 @@ class Config:
         return self.store_path.with_suffix(".state")
 
 
-def expand_env(value: str, where: str) -> str | None:
-    """Replace ``${VAR}`` / ``${VAR:-default}``; a reference to an unset variable is None."""
-    missing: list[str] = []
-
-    def sub(m: re.Match[str]) -> str:
-        name, default = m.group(1), m.group(2)
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
-            return default
-        missing.append(name)
-        return ""
-
-    out = _ENV_REF.sub(sub, value)
-    if missing:
-        # A whole-value reference to an unset variable means "not configured".
-        if _ENV_REF.fullmatch(value):
-            return None
-        raise ConfigError(f"{where}: environment variable {missing[0]} is not set")
-    return out
-
-
-def _is_internal(f: dataclasses.Field[Any]) -> bool:
-    return bool(f.metadata.get("internal"))
-
-
-def _build(cls: type[Any], raw: Any, where: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(raw).__name__}")
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if not _is_internal(f)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown config key: {prefix}{unknown[0]}")
-    kwargs = {}
-    for name, value in raw.items():
-        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}" if where else name)
-    required = [n for n, f in fields.items()
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-    absent = [n for n in required if n not in kwargs]
-    if absent:
-        raise ConfigError(f"{where or 'config'}: missing required key {absent[0]}")
-    return cls(**kwargs)
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = get_origin(tp)
-    args = get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(non_none[0], value, where)
-    if isinstance(value, str) and tp is not str and origin is not Literal:
-        value = expand_env(value, where)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)  # type: ignore[arg-type]
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list")
-        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{where}: must be one of {', '.join(map(str, args))}")
-        return value
-    return _scalar(tp, value, where)
-
-
-def _scalar(tp: Any, value: Any, where: str) -> Any:
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string")
-        return expand_env(value, where)
-    if tp is bool:
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false")
-        return value
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number")
-        try:
-            return tp(value)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{where}: expected a number") from exc
-    raise ConfigError(f"{where}: unsupported type {tp}")
-
-
 def _validate(cfg: Config) -> None:
-    host, sep, port = cfg.listen.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError("listen: expected host:port")
-    if not 0.0 <= cfg.guidance.holdout <= 1.0:
-        raise ConfigError("guidance.holdout: must be in [0, 1]")
-    if not 0.0 <= cfg.guidance.explore <= 1.0:
-        raise ConfigError("guidance.explore: must be in [0, 1]")
-    if cfg.guidance.explore_tries < 0 or cfg.guidance.explore_after < 0:
-        raise ConfigError("guidance.explore_tries, explore_after: must be >= 0")
-    if not 0.0 <= cfg.guidance.min_success <= 1.0:
-        raise ConfigError("guidance.min_success: must be in [0, 1]")
-    if cfg.guidance.budget_ms <= 0:
-        raise ConfigError("guidance.budget_ms: must be positive")
-    if cfg.guidance.threads < 1 or cfg.guidance.batch_threads < 1:
-        raise ConfigError("guidance.threads and guidance.batch_threads: at least 1")
-    if cfg.store.queue_size < 1 or cfg.store.batch_size < 1:
-        raise ConfigError("store.queue_size and store.batch_size must be positive")
+    """Checks beyond each key's type and range (those are on the dataclass fields)."""
+    _validate_listen(cfg.listen)
     for i, pattern in enumerate(cfg.store.redact.patterns):
         try:
             re.compile(pattern)
         except re.error as exc:
             raise ConfigError(f"store.redact.patterns[{i}]: {exc}") from exc
-    if cfg.learner.max_run_seconds <= 0 or cfg.learner.max_train_seconds <= 0:
-        raise ConfigError("learner.max_run_seconds and learner.max_train_seconds must be "
-                          "positive")
     if cfg.learner.schedule:
         _validate_cron(cfg.learner.schedule)
+
+
+def _validate_listen(listen: str) -> None:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not (port.isascii() and port.isdigit()):
+        raise ConfigError("listen: expected host:port")
+    if int(port) > 65535:
+        raise ConfigError(f"listen: port must be 0-65535 (0: any free port), got {port}")
 
 
 def _validate_cron(expr: str) -> None:
     if len(expr.split()) != 5:
         raise ConfigError("learner.schedule: expected a 5-field cron expression")
+    # Imported here: croniter is slow to import and only a schedule needs it.
+    from croniter import croniter  # noqa: PLC0415
+
+    # Asking for the next run, not just parsing, also catches dates that never come
+    # ("0 0 31 2 *"): the learner thread does exactly this.
+    try:
+        croniter(expr, datetime.now().astimezone()).get_next(datetime)
+    except ValueError as exc:  # croniter's errors are ValueErrors
+        raise ConfigError(f"learner.schedule: invalid cron expression {expr!r}: {exc}") from exc
 
 
 def load_config(source: str | Path | dict[str, Any] | None = None) -> Config:
@@ -315,8 +232,8 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> Config:
         base_dir, source_path = str(path.resolve().parent), str(path.resolve())
     else:
         raw = dict(source or {})
-    cfg = dataclasses.replace(_build(Config, raw, ""), base_dir=base_dir,
-                              source_path=source_path)
+    cfg = dataclasses.replace(build(Config, expand_tree(raw, ""), ""),
+                              base_dir=base_dir, source_path=source_path)
     _validate(cfg)
     return typing.cast(Config, cfg)
 
@@ -326,7 +243,7 @@ def documented_keys(cls: type[Any] = Config, prefix: str = "") -> list[str]:
     keys: list[str] = []
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if _is_internal(f):
+        if is_internal(f):
             continue
         key = f"{prefix}{f.name}"
         keys.append(key)

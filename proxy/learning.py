@@ -54,15 +54,35 @@ class LearnerJobs:
                 "last_exit": self.last_exit}
 
     def _loop(self) -> None:
-        self.next_run = self._next_fire()
+        self._reschedule()
         while not self._stop.wait(INGEST_EVERY_S):
             try:
-                self.ingest()
+                self._tick()
             except Exception:
-                log.exception("could not ingest learner run records")
-            if self.next_run is not None and datetime.now(UTC) >= self.next_run:
+                # One failed iteration must not end ingestion and the schedule for good.
+                log.exception("learner jobs: iteration failed; carrying on")
+
+    def _tick(self) -> None:
+        try:
+            self.ingest()
+        except Exception:
+            log.exception("could not ingest learner run records")
+        if self.next_run is not None and datetime.now(UTC) >= self.next_run:
+            try:
                 self.run_once()
-                self.next_run = self._next_fire()
+            finally:
+                # Even after a failed run, so it is not retried on every tick.
+                self._reschedule()
+
+    def _reschedule(self) -> None:
+        try:
+            self.next_run = self._next_fire()
+        except Exception:
+            # None rather than a stale time: a schedule croniter cannot follow must not
+            # fire on every tick. load_config rejects such schedules; this is the backstop.
+            self.next_run = None
+            log.exception("learner.schedule %r: cannot compute the next run; no scheduled "
+                          "runs", self.config.learner.schedule)
 
     def _next_fire(self) -> datetime | None:
         schedule = self.config.learner.schedule
