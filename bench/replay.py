@@ -69,7 +69,7 @@ def guided_arm(world: World, guidance: GuidanceConfig) -> list[TaskRecord]:
         chosen: Strategy | None = rec.recommend(task.text).strategy
         body: dict[str, Any] = {"messages": messages(world, task)}
         if chosen is not None:
-            body = inject_hint("/v1/chat/completions", body, hint_text(chosen))
+            body = inject_hint("/v1/chat/completions", body, hint_text(chosen)) or body
         rec_ = record(task, parse_messages(body["messages"]).system_text, world)
         records.append(rec_)
         episode = f"e{task.index}"

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level=config.logging.level.lower(),
         access_log=False,  # access lines would carry query strings; the store has the calls
         proxy_headers=False,  # X-Forwarded-* is never trusted here; parsing it costs time
+        server_header=False,  # relayed answers keep the upstream's, not "uvicorn" twice
         timeout_graceful_shutdown=30,
     )
     return 0

@@ -63,6 +63,14 @@ class NotFound(TacticianError):
     code = "not_found"
 
 
+class ClientClosed(TacticianError):
+    """The client left before its request was read; the answer goes nowhere."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed"
+
+
 class BodyTooLarge(TacticianError):
     status = 413
     type = "invalid_request_error"

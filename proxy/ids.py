@@ -9,7 +9,7 @@ import uuid
 
 from proxy.errors import BadRequest
 
-_EPISODE_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,200}$")
+_EPISODE_RE = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
 
 
 def uuid7() -> str:
@@ -24,8 +24,14 @@ def uuid7() -> str:
     return str(uuid.UUID(int=value))
 
 
+def valid_id(value: str) -> bool:
+    """Episode ids (and our request ids) are letters, digits and ``._:-``, so that
+    the header and the webhook accept the same ones."""
+    return _EPISODE_RE.fullmatch(value) is not None
+
+
 def check_episode_id(value: str) -> str:
-    if not _EPISODE_RE.match(value):
+    if not valid_id(value):
         raise BadRequest(
             "x-episode-id must be 1-200 characters of letters, digits, '.', '_', ':' or '-'",
             param="x-episode-id",

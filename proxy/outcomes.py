@@ -17,7 +17,8 @@ from typing import Any
 
 from proxy.config import OutcomesConfig
 from proxy.errors import InvalidJSON, Unauthorized, Unprocessable
-from proxy.ids import uuid7
+from proxy.ids import uuid7, valid_id
+from proxy.payloads import parse_json
 
 SIGNATURE_HEADER = "x-tactician-signature"
 MAX_NOTE = 2000
@@ -25,26 +26,29 @@ MAX_METADATA_BYTES = 16_384
 _ALLOWED = {"request_id", "episode_id", "success", "score", "note", "metadata"}
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of a secret from a header; compared as UTF-8 bytes
+    because ``hmac.compare_digest`` raises on non-ASCII text (a 500, not a 401)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
 def authorize(cfg: OutcomesConfig, authorization: str | None, signature: str | None,
               body: bytes) -> None:
     if cfg.token:
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), cfg.token):
+        if scheme.lower() != "bearer" or not same_secret(token.strip(), cfg.token):
             raise Unauthorized("missing or invalid outcome token")
     if cfg.hmac_secret:
         expected = hmac.new(cfg.hmac_secret.encode(), body, hashlib.sha256).hexdigest()
         given = (signature or "").removeprefix("sha256=").strip()
-        if not hmac.compare_digest(given, expected):
+        if not same_secret(given, expected):
             raise Unauthorized(f"missing or invalid {SIGNATURE_HEADER} (HMAC-SHA256 of the body)",
                                code="invalid_signature")
 
 
 def parse_outcome(body: bytes) -> dict[str, Any]:
     """Validate a webhook body and return the row to store."""
-    try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJSON(f"outcome body is not valid JSON: {exc}") from exc
+    obj = parse_json(body, "outcome body")
     if not isinstance(obj, dict):
         raise InvalidJSON("outcome body must be a JSON object")
     unknown = sorted(set(obj) - _ALLOWED)
@@ -76,9 +80,9 @@ def _opt_id(obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise Unprocessable(f"{key} must be a non-empty string of at most 200 characters",
-                            param=key, code="invalid_field")
+    if not isinstance(value, str) or not valid_id(value):
+        raise Unprocessable(f"{key} must be 1-200 characters of letters, digits, '.', '_', "
+                            "':' or '-' (as x-episode-id)", param=key, code="invalid_field")
     return value
 
 
@@ -118,8 +122,8 @@ def _opt_metadata(obj: dict[str, Any]) -> str | None:
     if not isinstance(value, dict):
         raise Unprocessable("metadata must be an object", param="metadata",
                             code="invalid_field")
-    text = json.dumps(value, ensure_ascii=False)
-    if len(text.encode()) > MAX_METADATA_BYTES:
+    text = json.dumps(value)  # ASCII-escaped: valid even with a lone surrogate inside
+    if len(text) > MAX_METADATA_BYTES:
         raise Unprocessable(f"metadata must be at most {MAX_METADATA_BYTES} bytes as JSON",
                             param="metadata", code="invalid_field")
     return text

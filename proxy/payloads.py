@@ -7,10 +7,23 @@ task and the answer in different places; this module is the one map of those pla
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
+
+from proxy.errors import InvalidJSON
 
 HINT_OPEN = "[Strategy hint]"
 HINT_CLOSE = "[/Strategy hint]"
+
+
+def parse_json(raw: bytes, what: str) -> Any:
+    """Parse a JSON body; anything unparseable, deep nesting included, is a 400."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidJSON(f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise InvalidJSON(f"{what} is not valid JSON: nested too deeply") from None
 
 
 def _text_of(content: Any) -> str:
@@ -33,9 +46,9 @@ def _messages(endpoint: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         inp = body.get("input")
         if isinstance(inp, str):
             return [{"role": "user", "content": inp}]
-        return [m for m in inp or [] if isinstance(m, dict)]
+        return [m for m in inp if isinstance(m, dict)] if isinstance(inp, list) else []
     msgs = body.get("messages")
-    return [m for m in msgs or [] if isinstance(m, dict)]
+    return [m for m in msgs if isinstance(m, dict)] if isinstance(msgs, list) else []
 
 
 def user_texts(endpoint: str, body: dict[str, Any]) -> list[str]:
@@ -110,18 +123,27 @@ def hint_block(hint: str) -> str:
     return f"{HINT_OPEN}\n{hint}\n{HINT_CLOSE}"
 
 
-def inject_hint(endpoint: str, body: dict[str, Any], hint: str) -> dict[str, Any]:
+def inject_hint(endpoint: str, body: dict[str, Any], hint: str) -> dict[str, Any] | None:
     """Return a copy of ``body`` with the hint at the start of the first system prompt
-    (or a new one when there is none). The caller's object is never modified."""
+    (or a new one when there is none); None when the body's system prompt or messages
+    have a shape the API does not define: the upstream should see, and reject, the
+    client's own bytes. The caller's object is never modified."""
     out = copy.copy(body)
     block = hint_block(hint)
     if endpoint.endswith("/messages"):
+        if not isinstance(body.get("system"), str | list | None):
+            return None
         out["system"] = _prepend(body.get("system"), block)
     elif endpoint.endswith("/responses"):
         inst = body.get("instructions")
-        out["instructions"] = f"{block}\n\n{inst}" if isinstance(inst, str) and inst else block
+        if not isinstance(inst, str | None):
+            return None
+        out["instructions"] = f"{block}\n\n{inst}" if inst else block
     else:
-        out["messages"] = _inject_messages(body.get("messages") or [], block)
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return None
+        out["messages"] = _inject_messages(messages, block)
     return out
 
 

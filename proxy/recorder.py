@@ -175,7 +175,7 @@ class Recorder:
     def _insert_one_by_one(self, table: str, rows: list[dict[str, Any]]) -> None:
         for row in rows:
             try:
-                self.store.insert(table, [row])
+                self.store.insert(table, [_valid_text(row)])
                 self.stats.written += 1
             except Exception as exc:  # noqa: BLE001 - keep the row on disk for inspection
                 self.stats.write_errors += 1
@@ -240,6 +240,24 @@ class Recorder:
 
 
 _KEYS = {"calls": "request_id", "outcomes": "outcome_id", "learner_runs": "run_id"}
+
+
+def _valid_text(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with lone surrogates (JSON's "\\ud800", sent by clients that cut a
+    string mid-emoji) replaced by U+FFFD: DuckDB refuses text that is not UTF-8, and
+    a call the client was told succeeded must not be lost for one character. Only
+    rows a batch insert refused come here, so the common path pays nothing."""
+    return {k: _utf8(v) if isinstance(v, str)
+            else json.dumps(v) if isinstance(v, dict | list) else v  # ASCII-escaped
+            for k, v in row.items()}
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
 def _json_default(value: Any) -> Any:

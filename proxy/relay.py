@@ -12,8 +12,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -34,6 +36,26 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 CLIENT_CLOSED = 499  # nginx's convention: the client went away before the answer
+# Bodies that are not JSON (audio, file contents) are relayed as they arrive; the
+# record keeps them only up to this size.
+RECORD_BODY_MAX = 1 << 20
+
+
+class ClientGone(Exception):
+    """The client hung up before its request body was complete."""
+
+
+def upstream_path(scope: Scope) -> str:
+    """The path as the client sent it, still percent-encoded, so that an encoded
+    ``/`` or ``?`` inside a file id reaches the upstream as it was written. Dot
+    segments are refused: they would walk out of ``/v1`` on the upstream host, which
+    is given the proxy's own credential."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else quote(scope["path"])
+    if any(unquote(seg) in (".", "..") for seg in path.split("/")):
+        raise BadRequest("the path must not contain '.' or '..' segments",
+                         code="invalid_path")
+    return path
 
 
 def header(scope: Scope, name: bytes) -> str | None:
@@ -52,7 +74,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     while True:
         msg = await receive()
         if msg["type"] == "http.disconnect":
-            raise asyncio.CancelledError
+            raise ClientGone
         chunk = msg.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -63,10 +85,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def parse_object(raw: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidJSON(f"request body is not valid JSON: {exc}") from exc
+    obj = payloads.parse_json(raw, "request body")
     if not isinstance(obj, dict):
         raise BadRequest("request body must be a JSON object", code="invalid_body")
     return obj
@@ -79,7 +98,8 @@ def identity_headers(call: Call) -> list[tuple[bytes, bytes]]:
 
 async def send_error(send: Send, call: Call, err: TacticianError) -> None:
     body = error_bytes(err)
-    headers = [(b"content-type", b"application/json"), *identity_headers(call)]
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode()), *identity_headers(call)]
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -117,6 +137,9 @@ class Relay:
                 # Headers are gone; closing the connection mid-body is how an HTTP
                 # proxy tells the client the upstream broke.
                 log.warning("request %s: %s after response start", call.request_id, err.message)
+        except ClientGone:
+            # Nothing to answer and nothing went wrong on our side: record it quietly.
+            call.partial, call.error, call.status = True, "client disconnected", CLIENT_CLOSED
         except asyncio.CancelledError:
             call.partial, call.error = True, call.error or "client disconnected"
             call.status = call.status or CLIENT_CLOSED
@@ -125,6 +148,7 @@ class Relay:
             self.svc.finish(call)
 
     async def _handle(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:
+        path = upstream_path(scope)
         episode = header(scope, b"x-episode-id")
         if episode:
             call.episode_id = check_episode_id(episode)
@@ -133,9 +157,9 @@ class Relay:
             call.body = parse_object(call.raw_body)
         elif call.raw_body:
             try:
-                parsed = json.loads(call.raw_body)
+                parsed = payloads.parse_json(call.raw_body, "request body")
                 call.body = parsed if isinstance(parsed, dict) else None
-            except (ValueError, UnicodeDecodeError):
+            except InvalidJSON:
                 call.body = None
         content = call.raw_body
         if call.body is not None:
@@ -149,7 +173,7 @@ class Relay:
                 call.provider = "litellm"
                 await litellm.handle(call, json.loads(content), send, identity_headers(call))
             else:
-                await self._forward(call, scope, content, send)
+                await self._forward(call, scope, path, content, send)
         except asyncio.CancelledError:
             # Our own watcher cancelled us because the client left: that ends the call.
             if call.disconnected and host.uncancel() == 0:
@@ -169,14 +193,22 @@ class Relay:
         if hint is None:
             return content
         injected = payloads.inject_hint(call.endpoint, call.body, hint)
-        return json.dumps(injected, ensure_ascii=False).encode()
+        if injected is None:
+            return content
+        text = json.dumps(injected, ensure_ascii=False)
+        try:
+            return text.encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (an escaped "\ud800" from a client that cut a string
+            # mid-emoji) has no UTF-8 form: send it escaped, as the client did.
+            return json.dumps(injected).encode()
 
-    async def _forward(self, call: Call, scope: Scope, content: bytes, send: Send) -> None:
+    async def _forward(self, call: Call, scope: Scope, path: str, content: bytes,
+                       send: Send) -> None:
         target = self.svc.target(self.target)
-        path = scope["path"]
         if self.target != "anthropic" or (target and target.base_url.rstrip("/").endswith("/v1")):
             path = path[3:] if path.startswith("/v1") else path
-        headers = request_headers(scope["headers"], target) if target else {}
+        headers = request_headers(scope["headers"], target) if target else []
         call.upstream_start = time.perf_counter()
         resp = await self.svc.upstream.send(
             target, scope["method"], path, scope.get("query_string", b""), headers,
@@ -198,34 +230,83 @@ class Relay:
         if upstream_id:
             headers.append((b"x-upstream-request-id", upstream_id.encode("latin-1")))
         headers.extend(identity_headers(call))
-        is_sse = resp.headers.get("content-type", "").startswith("text/event-stream")
-        if not is_sse:
+        ctype = resp.headers.get("content-type", "").lower()
+        if ctype.startswith("text/event-stream"):
+            await self._relay_events(call, resp, send, headers)
+        elif not ctype or "json" in ctype.split(";")[0]:
+            # JSON answers are read whole: they are the record, and clients parse
+            # them whole anyway; an upstream failing mid-body still gets a 502.
             body = await _read_all(resp)
             call.response_raw = body
             call.mark_first_byte()
             call.completed = True
+            headers.append((b"content-length", str(len(body)).encode()))
             await send({"type": "http.response.start", "status": resp.status_code,
                         "headers": headers})
             await send({"type": "http.response.body", "body": body})
-            return
+        else:
+            await self._relay_body(call, resp, send, headers, record=_textual(ctype))
+
+    async def _relay_events(self, call: Call, resp: httpx.Response, send: Send,
+                            headers: list[tuple[bytes, bytes]]) -> None:
         await send({"type": "http.response.start", "status": resp.status_code,
                     "headers": headers})
         assembler = StreamAssembler(call.endpoint)
         try:
-            async for chunk in resp.aiter_raw():
-                assembler.feed(chunk)
-                # A client may hang up right after the terminal event: nothing is lost.
-                call.stream_done = assembler.done
-                call.mark_first_byte()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            async with aclosing(_chunks(call, resp)) as chunks:
+                async for chunk in chunks:
+                    assembler.feed(chunk)
+                    # A client may hang up right after the terminal event: nothing lost.
+                    call.stream_done = assembler.done
+                    call.mark_first_byte()
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
             call.completed = True
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except httpx.HTTPError as exc:
-            call.partial = True
-            mapped = map_stream_error(exc)
-            raise (mapped or exc) from exc
         finally:
             call.response_obj = assembler.result()
+
+    async def _relay_body(self, call: Call, resp: httpx.Response, send: Send,
+                          headers: list[tuple[bytes, bytes]], *, record: bool) -> None:
+        """Audio, file contents and other bodies go out as they arrive; a textual
+        body is kept for the record up to ``RECORD_BODY_MAX`` bytes."""
+        await send({"type": "http.response.start", "status": resp.status_code,
+                    "headers": headers})
+        kept: list[bytes] | None = [] if record else None
+        size = 0
+        try:
+            async with aclosing(_chunks(call, resp)) as chunks:
+                async for chunk in chunks:
+                    call.mark_first_byte()
+                    size += len(chunk)
+                    if kept is not None and size <= RECORD_BODY_MAX:
+                        kept.append(chunk)
+                    else:
+                        kept = None
+                    await send({"type": "http.response.body", "body": chunk,
+                                "more_body": True})
+            call.completed = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            call.response_raw = b"".join(kept) if kept else None
+
+
+def _textual(ctype: str) -> bool:
+    media = ctype.split(";")[0].strip()
+    return media.startswith("text/") or any(k in media for k in ("json", "xml"))
+
+
+async def _chunks(call: Call, resp: httpx.Response) -> AsyncGenerator[bytes, None]:
+    """The upstream body as it arrives, decoded (an upstream that compresses despite
+    our ``accept-encoding: identity`` still reaches the client readable, as the
+    ``content-encoding`` header is not relayed)."""
+    try:
+        async for chunk in resp.aiter_bytes():
+            yield chunk
+    except httpx.HTTPError as exc:
+        call.partial = True
+        mapped = map_stream_error(exc)
+        raise (mapped or exc) from exc
 
 
 async def _read_all(resp: httpx.Response) -> bytes:

@@ -6,18 +6,20 @@ Routes parse and answer; the decisions live in services and the engine.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from proxy.errors import BodyTooLarge, TacticianError, Unauthorized
+from proxy.errors import BodyTooLarge, ClientClosed, Forbidden, TacticianError, Unauthorized
 from proxy.hints.stats import arm_stats
-from proxy.outcomes import SIGNATURE_HEADER, authorize, parse_outcome
+from proxy.outcomes import SIGNATURE_HEADER, authorize, parse_outcome, same_secret
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -37,7 +39,7 @@ def require_admin(request: Request) -> None:
     if not token:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+    if scheme.lower() != "bearer" or not same_secret(given.strip(), token):
         raise Unauthorized("missing or invalid admin token")
 
 
@@ -47,11 +49,32 @@ async def limited_body(request: Request) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"request body exceeds the {limit} byte limit")
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BodyTooLarge(f"request body exceeds the {limit} byte limit")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BodyTooLarge(f"request body exceeds the {limit} byte limit")
+    except ClientDisconnect:
+        raise ClientClosed("client disconnected before the body was complete") from None
     return body
+
+
+# Older snapshots are leftovers: the learner reads its copy within minutes.
+SNAPSHOT_KEEP_S = 24 * 3600
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def method_not_allowed(*allowed: str) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint for the proxy's own paths under other methods: without it they
+    would fall through to the ``/v1/*`` relay and reach the upstream."""
+    async def endpoint(request: Request) -> Response:
+        raise HTTPException(405, headers={"allow": ", ".join(allowed)})
+    return endpoint
+
+
+async def not_ours(request: Request) -> Response:
+    """``/v1/tactician/*`` is the proxy's namespace: never relayed."""
+    raise HTTPException(404)
 
 
 async def healthz(request: Request) -> Response:
@@ -82,11 +105,27 @@ async def post_outcome(request: Request) -> Response:
 async def post_snapshot(request: Request) -> Response:
     """A consistent read-only copy of the store for the learner (another process)."""
     require_admin(request)
+    if request.headers.get("origin") is not None:
+        # Browsers send Origin on every cross-site POST; the learner never does. Without
+        # this, any web page could make the proxy copy its whole store to disk.
+        raise Forbidden("snapshots are for the learner, not for web pages")
     svc = services(request)
-    dest = svc.config.state_dir / "snapshots" / f"store-{time.time_ns()}.duckdb"
+    folder = svc.config.state_dir / "snapshots"
+    dest = folder / f"store-{time.time_ns()}.duckdb"
+    await asyncio.to_thread(_prune_snapshots, folder, time.time() - SNAPSHOT_KEEP_S)
     future = svc.recorder.submit(lambda store: store.snapshot(dest))
     path = await asyncio.wrap_future(future)
     return JSONResponse({"path": str(path)})
+
+
+def _prune_snapshots(folder: Path, before: float) -> None:
+    """A learner deletes its snapshot when done; one that crashed leaves it behind."""
+    for old in folder.glob("store-*.duckdb*"):
+        try:
+            if old.stat().st_mtime < before:
+                old.unlink()
+        except FileNotFoundError:
+            continue
 
 
 async def get_stats(request: Request) -> Response:

@@ -8,7 +8,13 @@ what the client receives.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+log = logging.getLogger("tactician.sse")
+# Tool-call indices arrive in order; a far larger one is garbage, not a reason to
+# allocate a list of that length.
+MAX_INDEX_GAP = 64
 
 
 class SSEParser:
@@ -51,6 +57,7 @@ class StreamAssembler:
         self.parser = SSEParser()
         self.chunks = 0
         self.done = False
+        self.failed: str | None = None
         self._choices: dict[int, dict[str, Any]] = {}
         self._meta: dict[str, Any] = {}
         self._usage: dict[str, Any] | None = None
@@ -58,6 +65,19 @@ class StreamAssembler:
         self._anthropic_blocks: dict[int, dict[str, Any]] = {}
 
     def feed(self, chunk: bytes) -> None:
+        """Watch one chunk. Never raises: an upstream whose events have shapes this
+        parser does not expect must still reach the client byte for byte, so the
+        parser gives up on the record (``failed``) instead."""
+        if self.failed:
+            return
+        try:
+            self._feed(chunk)
+        except Exception as exc:  # noqa: BLE001 - the relay must not depend on the parser
+            self.failed = f"{type(exc).__name__}: {exc}"
+            log.warning("stream not understood, relayed without a parsed record: %s",
+                        self.failed)
+
+    def _feed(self, chunk: bytes) -> None:
         for event, data in self.parser.feed(chunk):
             if data.strip() == "[DONE]":
                 self.done = True
@@ -76,8 +96,10 @@ class StreamAssembler:
                     "message_stop"):
             self.done = True
         if self.endpoint.endswith("/responses"):
-            if kind in ("response.completed", "response.failed", "response.incomplete"):
-                self._final = obj.get("response")
+            final = obj.get("response")
+            if kind in ("response.completed", "response.failed", "response.incomplete") \
+                    and isinstance(final, dict):
+                self._final = final
             return
         if self.endpoint.endswith("/messages"):
             self._on_anthropic(kind, obj)
@@ -90,14 +112,17 @@ class StreamAssembler:
                 self._meta[key] = obj[key]
         if obj.get("usage"):
             self._usage = obj["usage"]
-        for ch in obj.get("choices") or []:
-            idx = ch.get("index", 0)
+        choices = obj.get("choices")
+        for ch in choices if isinstance(choices, list) else []:
+            idx = ch.get("index", 0) if isinstance(ch, dict) else None
+            if not isinstance(idx, int):
+                continue
             acc = self._choices.setdefault(idx, {"index": idx, "message": {}})
             delta = ch.get("delta")
             if delta is None and "text" in ch:  # legacy /v1/completions chunk
-                acc["text"] = acc.get("text", "") + (ch.get("text") or "")
-            else:
-                _merge_delta(acc["message"], delta or {})
+                acc["text"] = _concat(acc.get("text"), ch.get("text"))
+            elif isinstance(delta, dict):
+                _merge_delta(acc["message"], delta)
             if ch.get("finish_reason"):
                 acc["finish_reason"] = ch["finish_reason"]
 
@@ -106,14 +131,18 @@ class StreamAssembler:
             self._final = dict(obj.get("message") or {})
             self._usage = dict(self._final.get("usage") or {})
         elif kind == "content_block_start":
-            self._anthropic_blocks[obj.get("index", 0)] = dict(obj.get("content_block") or {})
+            index, block = obj.get("index", 0), obj.get("content_block")
+            if isinstance(index, int) and isinstance(block, dict):
+                self._anthropic_blocks[index] = dict(block)
         elif kind == "content_block_delta":
-            block = self._anthropic_blocks.setdefault(obj.get("index", 0), {"type": "text"})
-            delta = obj.get("delta") or {}
+            index, delta = obj.get("index", 0), obj.get("delta")
+            if not isinstance(index, int) or not isinstance(delta, dict):
+                return
+            block = self._anthropic_blocks.setdefault(index, {"type": "text"})
             if "text" in delta:
-                block["text"] = block.get("text", "") + delta["text"]
+                block["text"] = _concat(block.get("text"), delta["text"])
             if "partial_json" in delta:
-                block["input_json"] = block.get("input_json", "") + delta["partial_json"]
+                block["input_json"] = _concat(block.get("input_json"), delta["partial_json"])
         elif kind == "message_delta":
             if self._final is not None:
                 self._final.update(obj.get("delta") or {})
@@ -132,31 +161,52 @@ class StreamAssembler:
         return out
 
 
+def _concat(acc: Any, piece: Any) -> Any:
+    """Append a streamed text piece; a piece that is not text replaces nothing."""
+    if not isinstance(piece, str):
+        return acc
+    return (acc if isinstance(acc, str) else "") + piece
+
+
 def _merge_delta(msg: dict[str, Any], delta: dict[str, Any]) -> None:
     for key, value in delta.items():
         if key == "tool_calls" and isinstance(value, list):
-            _merge_tool_calls(msg.setdefault("tool_calls", []), value)
+            if not isinstance(msg.get("tool_calls"), list):
+                msg["tool_calls"] = []  # an earlier chunk may have sent null
+            _merge_tool_calls(msg["tool_calls"], value)
         elif key == "function_call" and isinstance(value, dict):
-            fc = msg.setdefault("function_call", {})
-            for k, v in value.items():
-                fc[k] = fc.get(k, "") + v if isinstance(v, str) else v
+            if not isinstance(msg.get("function_call"), dict):
+                msg["function_call"] = {}
+            _merge_fields(msg["function_call"], value)
         elif isinstance(value, str) and key in ("content", "refusal", "reasoning_content"):
-            msg[key] = (msg.get(key) or "") + value
+            msg[key] = _concat(msg.get(key), value)
         elif value is not None or key not in msg:
             msg[key] = value
 
 
-def _merge_tool_calls(calls: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+def _merge_fields(acc: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Strings accumulate; other values (null included) set a field only once."""
+    for k, v in delta.items():
+        if isinstance(v, str):
+            acc[k] = _concat(acc.get(k), v)
+        elif v is not None or k not in acc:
+            acc[k] = v
+
+
+def _merge_tool_calls(calls: list[dict[str, Any]], deltas: list[Any]) -> None:
     for d in deltas:
+        if not isinstance(d, dict):
+            continue
         idx = d.get("index", len(calls))
+        if not isinstance(idx, int) or not 0 <= idx < len(calls) + MAX_INDEX_GAP:
+            continue
         while len(calls) <= idx:
             calls.append({"function": {"name": "", "arguments": ""}})
         call = calls[idx]
         for key in ("id", "type"):
-            if d.get(key):
+            if isinstance(d.get(key), str) and d[key]:
                 call[key] = d[key]
-        fn = d.get("function") or {}
-        if fn.get("name"):
-            call["function"]["name"] += fn["name"]
-        if fn.get("arguments"):
-            call["function"]["arguments"] += fn["arguments"]
+        fn = d.get("function")
+        if isinstance(fn, dict):
+            for key in ("name", "arguments"):
+                call["function"][key] = _concat(call["function"][key], fn.get(key))

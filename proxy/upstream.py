@@ -10,7 +10,6 @@ import logging
 import urllib.request
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
 
 import httpx
 
@@ -21,15 +20,21 @@ log = logging.getLogger("tactician.upstream")
 
 # Hop-by-hop and framing headers must not be copied between the two connections;
 # content-length is recomputed because the body may have gained a hint.
+# ``expect`` too: the proxy has the whole body before it forwards, so a 100-continue
+# handshake with the upstream would only cost a round trip.
 _DROP_REQUEST = frozenset(
     {
-        "host", "content-length", "connection", "keep-alive", "transfer-encoding", "te",
-        "upgrade", "proxy-authorization", "proxy-connection", "x-episode-id",
-        "accept-encoding",
+        b"host", b"content-length", b"connection", b"keep-alive", b"transfer-encoding",
+        b"te", b"upgrade", b"proxy-authorization", b"proxy-connection", b"x-episode-id",
+        b"accept-encoding", b"expect",
     }
 )
+# Every header a client may carry its own key in (OpenAI, Anthropic, Azure).
+_CREDENTIALS = frozenset({b"authorization", b"x-api-key", b"api-key"})
+# ``date``: the server adds its own, and two would be one malformed header.
 _DROP_RESPONSE = frozenset(
-    {"content-length", "connection", "keep-alive", "transfer-encoding", "content-encoding"}
+    {"content-length", "connection", "keep-alive", "transfer-encoding", "content-encoding",
+     "date"}
 )
 
 
@@ -42,20 +47,19 @@ class Target:
     auth_header: str  # "authorization" (Bearer) or "x-api-key" (Anthropic)
 
 
-def request_headers(incoming: list[tuple[bytes, bytes]], target: Target) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for raw_k, raw_v in incoming:
-        k = raw_k.decode("latin-1").lower()
-        if k in _DROP_REQUEST:
-            continue
-        headers[k] = raw_v.decode("latin-1")
+def request_headers(incoming: list[tuple[bytes, bytes]],
+                    target: Target) -> list[tuple[bytes, bytes]]:
+    """The client's headers for the upstream, as raw bytes (values need not be ASCII)
+    and in order (a repeated header keeps every value), with the proxy's credential in
+    place of the client's when one is configured."""
+    replace = _CREDENTIALS if target.api_key else frozenset()
+    headers = [(k.lower(), v) for k, v in incoming
+               if k.lower() not in _DROP_REQUEST and k.lower() not in replace]
     if target.api_key:
-        headers.pop("authorization", None)
-        headers.pop("x-api-key", None)
         if target.auth_header == "x-api-key":
-            headers["x-api-key"] = target.api_key
+            headers.append((b"x-api-key", target.api_key.encode()))
         else:
-            headers["authorization"] = f"Bearer {target.api_key}"
+            headers.append((b"authorization", f"Bearer {target.api_key}".encode()))
     return headers
 
 
@@ -105,7 +109,7 @@ class Upstream:
         method: str,
         path: str,
         query: bytes,
-        headers: dict[str, str],
+        headers: list[tuple[bytes, bytes]],
         content: bytes | None,
     ) -> httpx.Response:
         """Open a streamed response; the caller reads and closes it."""
@@ -133,7 +137,3 @@ def map_stream_error(exc: BaseException) -> UpstreamError | None:
     if isinstance(exc, httpx.HTTPError):
         return UpstreamError(f"upstream connection failed mid-response: {type(exc).__name__}")
     return None
-
-
-def merge_headers(a: dict[str, str], b: dict[str, Any]) -> dict[str, str]:
-    return {**a, **{k: str(v) for k, v in b.items()}}

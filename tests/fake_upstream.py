@@ -11,6 +11,7 @@ Every request is kept in ``received`` so tests can check what the upstream saw.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 WORDS = ["Hello", " from", " the", " fake", " upstream", "."]
+AUDIO_CHUNKS = 5
 
 
 class FakeUpstream:
@@ -37,6 +39,9 @@ class FakeUpstream:
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/messages", self.messages, methods=["POST"]),
             Route("/v1/files/{fid}", self.files, methods=["GET", "DELETE"]),
+            Route("/v1/audio/speech", self.speech, methods=["POST"]),
+            Route("/v1/gzip-events", self.gzip_events, methods=["POST"]),
+            Route("/v1/raw/{rest:path}", self.raw, methods=["GET", "POST"]),
         ])
 
     async def _record(self, request: Request) -> dict[str, Any]:
@@ -99,7 +104,11 @@ class FakeUpstream:
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk",
                 "created": 1700000000, "model": model}
         try:
-            if model == "tools":
+            if model in ODD_STREAMS:
+                for chunk in ODD_STREAMS[model]:
+                    yield _sse({**base, **chunk})
+                    await asyncio.sleep(self.chunk_delay)
+            elif model == "tools":
                 for delta in _tool_deltas():
                     yield _sse({**base, "choices": [{"index": 0, "delta": delta,
                                                      "finish_reason": None}]})
@@ -179,6 +188,34 @@ class FakeUpstream:
         return JSONResponse({"id": request.path_params["fid"], "object": "file",
                              "method": request.method, "query": str(request.url.query)})
 
+    async def speech(self, request: Request) -> Response:
+        """Audio streamed in AUDIO_CHUNKS pieces, ``chunk_delay`` apart."""
+        await self._record(request)
+
+        async def audio() -> AsyncIterator[bytes]:
+            for i in range(AUDIO_CHUNKS):
+                yield bytes([i]) * 4096
+                await asyncio.sleep(self.chunk_delay)
+
+        return StreamingResponse(audio(), media_type="audio/mpeg")
+
+    async def gzip_events(self, request: Request) -> Response:
+        """An upstream that compresses a stream although nobody asked it to."""
+        await self._record(request)
+        events = _sse({"choices": [{"index": 0, "delta": {"content": "zipped"}}]})
+        return Response(gzip.compress(events + b"data: [DONE]\n\n"),
+                        media_type="text/event-stream", headers={"content-encoding": "gzip"})
+
+    async def raw(self, request: Request) -> Response:
+        """What reached the upstream, exactly: path, query and headers as bytes."""
+        self.received.append({"path": request.url.path, "headers": dict(request.headers),
+                              "body": {}, "raw": await request.body()})
+        return JSONResponse({
+            "raw_path": request.scope["raw_path"].decode("latin-1"),
+            "query": request.scope["query_string"].decode("latin-1"),
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")]
+                        for k, v in request.scope["headers"]]})
+
     async def messages(self, request: Request) -> Response:
         body = await self._record(request)
         msg = {"id": "msg_fake", "type": "message", "role": "assistant",
@@ -206,6 +243,36 @@ class FakeUpstream:
             yield _sse({"type": "message_stop"}, event="message_stop")
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _choice_delta(delta: Any, finish: str | None = None) -> dict[str, Any]:
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+# Streams whose event shapes are legal JSON but not what OpenAI sends: LiteLLM-style
+# servers announce "tool_calls": null before the list; others send worse.
+ODD_STREAMS: dict[str, list[dict[str, Any]]] = {
+    "null-tools": [
+        _choice_delta({"role": "assistant", "content": None, "tool_calls": None,
+                       "function_call": None}),
+        *(_choice_delta({k: v for k, v in d.items() if k != "role"}) for d in
+          [{"role": "", "tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                        "function": {"name": "get_weather",
+                                                     "arguments": ""}}]},
+           {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+           {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}]),
+        _choice_delta({}, "tool_calls"),
+    ],
+    "odd-stream": [
+        _choice_delta("not an object"),
+        _choice_delta({"function_call": {"name": None}}),
+        _choice_delta({"function_call": {"name": "f", "arguments": 7}}),
+        {"choices": [{"index": "x", "delta": {}}]},
+        {"choices": "nope"},
+        _choice_delta({"tool_calls": [{"index": 10**9}, "junk", {"index": -1}]}),
+        _choice_delta({"content": "still here"}, "stop"),
+    ],
+}
 
 
 def _tool_deltas() -> list[dict[str, Any]]:

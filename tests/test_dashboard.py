@@ -242,9 +242,10 @@ def test_token_link_sets_a_session_cookie(run: Run) -> None:
         assert client.get("/dashboard/api/live").json()["adapter_version"] is None
 
 
-def _request(client: str) -> Request:
-    return Request({"type": "http", "method": "GET", "path": "/dashboard", "headers": [],
-                    "client": (client, 50000), "query_string": b""})
+def _request(client: str, host: str | None = None) -> Request:
+    headers = [(b"host", host.encode())] if host else []
+    return Request({"type": "http", "method": "GET", "path": "/dashboard",
+                    "headers": headers, "client": (client, 50000), "query_string": b""})
 
 
 def test_without_token_only_loopback_clients(tmp_path: Path) -> None:
@@ -253,6 +254,12 @@ def test_without_token_only_loopback_clients(tmp_path: Path) -> None:
     for host in ("10.1.2.3", "172.17.0.1", "testclient"):
         with pytest.raises(Forbidden):
             check_access(None, _request(host))
+    for name in ("localhost:8787", "127.0.0.1:8787", "[::1]:8787", "app.localhost", "LOCALHOST"):
+        check_access(None, _request("127.0.0.1", name))
+    # DNS rebinding: a site's name resolved to 127.0.0.1 reaches us from loopback.
+    for name in ("evil.example:8787", "evil.example", "127.0.0.1.evil.example"):
+        with pytest.raises(Forbidden):
+            check_access(None, _request("127.0.0.1", name))
     with pytest.raises(Unauthorized):
         check_access("t", _request("127.0.0.1"))  # a token applies on loopback too
     assert session_value("a") != session_value("b")

@@ -55,8 +55,21 @@ def test_injection(endpoint: str, body: dict[str, object],
                    check: Callable[[dict[str, object]], bool]) -> None:
     original = copy.deepcopy(body)
     out = payloads.inject_hint(endpoint, body, "H")
-    assert check(out)
+    assert out is not None and check(out)
     assert body == original  # the caller's object is never modified
+
+
+@pytest.mark.parametrize(("endpoint", "body"), [
+    ("/v1/chat/completions", {"messages": "t"}),
+    ("/v1/chat/completions", {"messages": {"role": "user", "content": "t"}}),
+    ("/v1/chat/completions", {"messages": 5}),
+    ("/v1/responses", {"input": "t", "instructions": 5}),
+    ("/v1/messages", {"system": {"text": "x"}, "messages": []}),
+])
+def test_no_injection_into_shapes_the_api_does_not_define(
+        endpoint: str, body: dict[str, object]) -> None:
+    # The upstream should reject the client's own bytes, not a body we reshaped.
+    assert payloads.inject_hint(endpoint, body, "H") is None
 
 
 def test_hint_text_never_names_its_maker() -> None:

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from proxy.sse import StreamAssembler
 from tests.conftest import ProxyHandle
 from tests.fake_upstream import FakeUpstream
 
@@ -87,6 +88,37 @@ def test_tool_calls_intact_streamed_and_not(proxy: ProxyHandle) -> None:
     assembled = json.loads(rows[0]["response_json"])
     tool = assembled["choices"][0]["message"]["tool_calls"][0]
     assert tool["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+
+
+def test_null_tool_calls_then_a_list_stream_intact(proxy: ProxyHandle) -> None:
+    # LiteLLM-style servers send "tool_calls": null before the list.
+    stream = client(proxy).chat.completions.create(model="null-tools", messages=MSGS,
+                                                   stream=True)
+    args = "".join(ch.choices[0].delta.tool_calls[0].function.arguments or ""  # type: ignore[index, union-attr]
+                   for ch in stream if ch.choices and ch.choices[0].delta.tool_calls)
+    assert json.loads(args) == {"city": "Paris"}
+    rows = proxy.wait_rows("SELECT response_json FROM calls WHERE model = 'null-tools'", 1)
+    tool = json.loads(rows[0]["response_json"])["choices"][0]["message"]["tool_calls"][0]
+    assert tool["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+
+
+def test_events_the_parser_does_not_expect_reach_the_client_byte_for_byte(
+        proxy: ProxyHandle, fake: FakeUpstream) -> None:
+    body = {"model": "odd-stream", "messages": MSGS, "stream": True}
+    direct = httpx.post(f"{fake.url}/v1/chat/completions", json=body).content  # type: ignore[attr-defined]
+    relayed = httpx.post(f"{proxy.base_url}/chat/completions", json=body)
+    assert relayed.status_code == 200 and relayed.content == direct
+    row = proxy.wait_rows("SELECT * FROM calls WHERE model = 'odd-stream'", 1)[0]
+    assert row["status"] == 200 and not row["partial"]
+    assert row["response_text"] == "still here"
+
+
+def test_the_stream_parser_gives_up_instead_of_raising() -> None:
+    assembler = StreamAssembler("/v1/messages")
+    assembler.feed(b'data: {"type": "message_start", "message": "not an object"}\n\n')
+    assembler.feed(b'data: {"type": "message_stop"}\n\n')
+    assert assembler.failed and assembler.failed.startswith("ValueError")
+    assert not assembler.done  # nothing more is parsed once it failed
 
 
 def test_unknown_fields_and_n_pass_through(proxy: ProxyHandle, fake: FakeUpstream) -> None:

@@ -139,6 +139,22 @@ def test_snapshot_needs_admin_token_when_configured(make_proxy: object) -> None:
     assert ok.status_code == 200 and Path(ok.json()["path"]).is_file()
 
 
+def test_snapshots_refuse_web_pages_and_old_ones_are_pruned(proxy: ProxyHandle) -> None:
+    url = f"{proxy.base_url}/tactician/snapshot"
+    page = httpx.post(url, headers={"origin": "https://evil.example",
+                                    "content-type": "text/plain"}, content=b"x")
+    assert page.status_code == 403
+    folder = proxy.config.state_dir / "snapshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    leftover, recent = folder / "store-1.duckdb", folder / "store-2.duckdb"
+    for f in (leftover, recent):
+        f.write_bytes(b"old")
+    day_ago = time.time() - 25 * 3600
+    os.utime(leftover, (day_ago, day_ago))
+    fresh = Path(httpx.post(url).json()["path"])
+    assert fresh.is_file() and recent.is_file() and not leftover.exists()
+
+
 def test_store_locked_error_type(tmp_path: Path) -> None:
     path = tmp_path / "s.duckdb"
     Store(path).close()

@@ -5,8 +5,9 @@ the session cookie. A browser gets the cookie by opening ``/dashboard?token=<tok
 once: the answer sets it (HttpOnly, SameSite=Strict, path /dashboard) and redirects to
 ``/dashboard``, so the token leaves the address bar and the history. The cookie holds
 an HMAC of the token, not the token, and stops working when the token changes. Without
-``admin.token`` the dashboard answers loopback clients only: it shows prompts and
-answers, which must not be open to a network by default.
+``admin.token`` the dashboard answers loopback clients that name it by a loopback
+host only: it shows prompts and answers, which must not be open to a network (or to
+a web page in the local browser) by default.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.routing import Route
 
 from proxy.dashboard import queries
 from proxy.errors import BadRequest, Forbidden, NotFound, Unauthorized
+from proxy.outcomes import same_secret
 
 if TYPE_CHECKING:
     from proxy.services import Services
@@ -63,21 +65,20 @@ def session_value(token: str) -> str:
     return hmac.new(token.encode(), b"tactician-dashboard-session", hashlib.sha256).hexdigest()
 
 
-def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
-
-
 def check_access(token: str | None, request: Request) -> None:
     """Raise unless the request may see the dashboard (see the module docstring)."""
     if not token:
         if not _loopback(request):
             raise Forbidden("the dashboard is open to loopback clients only; set "
                             "admin.token to open it to others")
+        if not _loopback_name(request.headers.get("host")):
+            raise Forbidden("without admin.token the dashboard answers to "
+                            "http://localhost or a loopback address only")
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and _same(given.strip(), token):
+    if scheme.lower() == "bearer" and same_secret(given.strip(), token):
         return
-    if _same(request.cookies.get(COOKIE, ""), session_value(token)):
+    if same_secret(request.cookies.get(COOKIE, ""), session_value(token)):
         return
     raise Unauthorized("missing or invalid admin token: open /dashboard?token=<admin.token>")
 
@@ -86,6 +87,22 @@ def _loopback(request: Request) -> bool:
     host = request.client.host if request.client else ""
     try:
         return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _loopback_name(host: str | None) -> bool:
+    """Whether the Host header names this machine. A page on another site that
+    rebinds its DNS name to 127.0.0.1 connects from loopback but still sends its own
+    name: without this check it could read the dashboard's prompts and answers."""
+    if host is None:  # HTTP/1.0 without Host: not a browser
+        return True
+    name = host[1:host.find("]")] if host.startswith("[") else host.rpartition(":")[0] or host
+    name = name.lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
 
@@ -144,7 +161,7 @@ async def page(request: Request) -> Response:
     token = svc.config.admin.token
     given = request.query_params.get("token")
     if token and given is not None:
-        if not _same(given, token):
+        if not same_secret(given, token):
             raise Unauthorized("invalid admin token")
         response = RedirectResponse(request.url.path, status_code=303)
         response.set_cookie(COOKIE, session_value(token), httponly=True, samesite="strict",
