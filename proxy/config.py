@@ -56,6 +56,7 @@ class RouteConfig:
 
 @dataclass(frozen=True)
 class RedactConfig:
+    credentials: bool = True
     emails: bool = False
     card_numbers: bool = False
     patterns: tuple[str, ...] = ()

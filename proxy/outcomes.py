@@ -40,7 +40,7 @@ def authorize(cfg: OutcomesConfig, authorization: str | None, signature: str | N
             raise Unauthorized("missing or invalid outcome token")
     if cfg.hmac_secret:
         expected = hmac.new(cfg.hmac_secret.encode(), body, hashlib.sha256).hexdigest()
-        given = (signature or "").removeprefix("sha256=").strip()
+        given = (signature or "").removeprefix("sha256=").strip().lower()  # hex: any case
         if not same_secret(given, expected):
             raise Unauthorized(f"missing or invalid {SIGNATURE_HEADER} (HMAC-SHA256 of the body)",
                                code="invalid_signature")

@@ -138,3 +138,6 @@ def test_hmac_signature(make_proxy: Callable[..., ProxyHandle]) -> None:
                       headers={"x-tactician-signature": "sha256=" + "0" * 64}).status_code == 401
     assert httpx.post(url, content=body,
                       headers={"x-tactician-signature": f"sha256={sig}"}).status_code == 202
+    assert httpx.post(url, content=body,  # hex digits in either case
+                      headers={"x-tactician-signature": f"sha256={sig.upper()}"}
+                      ).status_code == 202

@@ -162,3 +162,23 @@ def test_redaction_before_storage(make_proxy: Callable[..., ProxyHandle]) -> Non
     stored = row["request_json"] + row["task_text"]
     assert "bob@example.com" not in stored and "4111" not in stored
     assert "ACME-991" not in stored and "[REDACTED]" in row["task_text"]
+
+
+def test_credentials_quoted_in_text_are_redacted_by_default(
+        make_proxy: Callable[..., ProxyHandle]) -> None:
+    keys = ["sk-proj-abcdefghijklmnop1234", "Bearer eyJhbGciOiJIUzI1NiJ9.abc.def",
+            "AKIAABCDEFGHIJKLMNOP", "ghp_" + "a1" * 18, "xoxb-1234567890-abcdef"]
+    plain = "Ask-me task-17: sk-8 is a size, Bearer of news"
+    proxy = make_proxy()
+    text = f"{plain}. Keys: " + " ".join(keys)
+    httpx.post(f"{proxy.base_url}/chat/completions",
+               json={"model": "m", "messages": [{"role": "user", "content": text}]})
+    row = proxy.wait_rows("SELECT * FROM calls", 1)[0]
+    for stored in (row["request_json"], row["task_text"]):
+        assert plain in stored and stored.count("[REDACTED]") == len(keys)
+        assert not any(k in stored for k in keys)
+    kept = make_proxy(store={"path": str(proxy.config.store_path.with_name("k.duckdb")),
+                             "redact": {"credentials": False}})
+    httpx.post(f"{kept.base_url}/chat/completions",
+               json={"model": "m", "messages": [{"role": "user", "content": text}]})
+    assert kept.wait_rows("SELECT * FROM calls", 1)[0]["task_text"] == text
