@@ -240,7 +240,9 @@ class Relay:
             call.response_raw = body
             call.mark_first_byte()
             call.completed = True
-            headers.append((b"content-length", str(len(body)).encode()))
+            # HEAD: the upstream's length is the answer (the body is empty by definition).
+            length = resp.headers.get("content-length") if call.method == "HEAD" else None
+            headers.append((b"content-length", (length or str(len(body))).encode()))
             await send({"type": "http.response.start", "status": resp.status_code,
                         "headers": headers})
             await send({"type": "http.response.body", "body": body})

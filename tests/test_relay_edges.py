@@ -176,3 +176,10 @@ def test_a_client_that_hangs_up_mid_upload_is_recorded_quietly(
         time.sleep(0.3)
     assert rows and rows[0]["error"] == "client disconnected"
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_head_keeps_the_upstreams_content_length(proxy: ProxyHandle, fake: FakeUpstream) -> None:
+    direct = httpx.head(f"{fake.url}/v1/models")  # type: ignore[attr-defined]
+    relayed = httpx.head(f"{proxy.base_url}/models")
+    assert relayed.status_code == 200 and relayed.content == b""
+    assert relayed.headers["content-length"] == direct.headers["content-length"] != "0"
