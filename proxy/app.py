@@ -7,6 +7,7 @@ the routes use is built in ``build_services``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy import routes
+from proxy import litellm_backend, routes
 from proxy.config import Config
 from proxy.dashboard import queries
 from proxy.dashboard.routes import dashboard_routes
@@ -80,6 +81,8 @@ def create_app(
         holder["svc"] = svc
         app.state.services = svc
         svc.recorder.start()
+        if svc.litellm is not None:
+            await asyncio.to_thread(litellm_backend.prepare)
         svc.learner.start()
         if svc.advisor is not None:
             await svc.advisor.start()
@@ -176,7 +179,9 @@ def build_services(
         redact=build_redactor(config.store.redact),
         targets=build_targets(config, local_base_url),
         advisor=advisor_factory(config, store, recorder),
-        litellm=LiteLLMBackend(config.routes) if config.routes else None,
+        litellm=LiteLLMBackend(config.routes, httpx.Timeout(
+            config.upstream.timeout_s, connect=config.upstream.connect_timeout_s))
+        if config.routes else None,
         learner=LearnerJobs(config, recorder),
         metrics=metrics,
     )

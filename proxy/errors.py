@@ -20,6 +20,7 @@ class TacticianError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers: list[tuple[bytes, bytes]] = []  # extra response headers (retry-after)
         if code is not None:
             self.code = code
 

@@ -99,7 +99,8 @@ def identity_headers(call: Call) -> list[tuple[bytes, bytes]]:
 async def send_error(send: Send, call: Call, err: TacticianError) -> None:
     body = error_bytes(err)
     headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode()), *identity_headers(call)]
+               (b"content-length", str(len(body)).encode()), *err.headers,
+               *identity_headers(call)]
     await send({"type": "http.response.start", "status": err.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

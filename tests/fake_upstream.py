@@ -218,6 +218,9 @@ class FakeUpstream:
 
     async def messages(self, request: Request) -> Response:
         body = await self._record(request)
+        early = await self._behaviour(body)
+        if early is not None:
+            return early
         msg = {"id": "msg_fake", "type": "message", "role": "assistant",
                "model": body.get("model"), "stop_reason": "end_turn",
                "content": [{"type": "text", "text": "Claude-ish answer."}],
@@ -234,6 +237,8 @@ class FakeUpstream:
                        event="content_block_start")
             for part in ("Claude-ish", " answer."):
                 await asyncio.sleep(self.chunk_delay)
+                if body.get("model") == "drop" and part != "Claude-ish":
+                    raise ConnectionResetError("fake drop")
                 yield _sse({"type": "content_block_delta", "index": 0,
                             "delta": {"type": "text_delta", "text": part}},
                            event="content_block_delta")
