@@ -74,10 +74,13 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         local = None
         if not config.upstream.base_url and transport is None:
-            local = LocalModelServer(config.local_model, _local_path(config))
-            local.start()
+            config.state_dir.mkdir(parents=True, exist_ok=True)
+            local = LocalModelServer(config.local_model, _local_path(config),
+                                     log_path=config.state_dir / "local_model.log")
+            await asyncio.to_thread(local.start)
         svc = build_services(config, transport, advisor_factory,
                              local.base_url if local else None)
+        svc.local_model = local
         holder["svc"] = svc
         app.state.services = svc
         svc.recorder.start()

@@ -85,6 +85,10 @@ async def healthz(request: Request) -> Response:
         "guidance": svc.advisor.stats() if svc.advisor else {"enabled": False},
         "learner": svc.learner.status(),
     }
+    if svc.local_model is not None:
+        body["local_model"] = local = svc.local_model.status()
+        if not local["running"]:
+            body["status"] = "degraded"  # still 200: the proxy itself serves; it restarts
     return JSONResponse(body)
 
 

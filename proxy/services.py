@@ -11,6 +11,7 @@ from proxy.calls import Call, Redactor
 from proxy.config import Config
 from proxy.learning import LearnerJobs
 from proxy.litellm_backend import LiteLLMBackend
+from proxy.local_model import LocalModelServer
 from proxy.metrics import Metrics
 from proxy.recorder import Recorder
 from proxy.store import Store
@@ -57,6 +58,7 @@ class Services:
     learner: LearnerJobs
     advisor: Advisor | None = None
     litellm: LiteLLMBackend | None = None
+    local_model: LocalModelServer | None = None
     counters: Counters = field(default_factory=Counters)
     metrics: Metrics = field(default_factory=Metrics)
 

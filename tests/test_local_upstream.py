@@ -7,10 +7,12 @@ starts that server itself and answers offline.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -23,7 +25,7 @@ MSGS = [{"role": "user", "content": "Say hello in three words."}]
 
 
 @pytest.fixture(scope="module")
-def default_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def proxy_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, int]]:
     """`python -m proxy --config` with no upstream: the embedded default."""
     tmp = tmp_path_factory.mktemp("local")
     port = free_port()
@@ -47,10 +49,20 @@ def default_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
                 err = proc.stderr.read() if proc.stderr else ""
                 raise RuntimeError(f"proxy did not start: {err}")
             time.sleep(0.2)
-        yield url, tmp / "t.duckdb"
+        yield url, tmp / "t.duckdb", proc.pid
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def default_proxy(proxy_process: tuple[str, Path, int]) -> tuple[str, Path]:
+    return proxy_process[0], proxy_process[1]
+
+
+@pytest.fixture(scope="module")
+def proxy_pid(proxy_process: tuple[str, Path, int]) -> int:
+    return proxy_process[2]
 
 
 def test_openai_client_against_embedded_llama_cpp(default_proxy: tuple[str, Path]) -> None:
@@ -89,3 +101,43 @@ def test_calls_recorded_after_shutdown(default_proxy: tuple[str, Path]) -> None:
     rows = store.query("SELECT endpoint, status, provider FROM calls")
     assert {r["endpoint"] for r in rows} >= {"/v1/models", "/v1/chat/completions"}
     assert all(r["provider"] == "openai" for r in rows)
+
+
+def test_concurrent_streams_are_not_cut_short(default_proxy: tuple[str, Path]) -> None:
+    # llama.cpp's server, by default, ends a running stream when another request comes.
+    url, _ = default_proxy
+    c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+
+    def finish(_: int) -> str | None:
+        stream = c.chat.completions.create(model="m", messages=MSGS, max_tokens=24,
+                                           temperature=0, stream=True)
+        reasons = [ch.choices[0].finish_reason for ch in stream if ch.choices]
+        return reasons[-1] if reasons else None
+
+    with ThreadPoolExecutor(3) as pool:
+        assert all(pool.map(finish, range(3)))
+
+
+def _children(pid: int) -> list[int]:
+    # Per thread: the server may have been started from a worker thread.
+    return [int(p) for task in Path(f"/proc/{pid}/task").iterdir()
+            for p in (task / "children").read_text().split()]
+
+
+def test_a_dead_local_model_is_reported_and_restarted(default_proxy: tuple[str, Path],
+                                                      proxy_pid: int) -> None:
+    url, _ = default_proxy
+    before = httpx.get(f"{url}/healthz").json()["local_model"]
+    assert before["running"] and before["model"].endswith(".gguf")
+    children = _children(proxy_pid)
+    assert len(children) == 1
+    os.kill(children[0], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    health = httpx.get(f"{url}/healthz").json()
+    while health["local_model"]["restarts"] <= before["restarts"]:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.3)
+        health = httpx.get(f"{url}/healthz").json()
+    assert health["status"] == "ok" and health["local_model"]["last_exit"] == -signal.SIGKILL
+    c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    assert c.chat.completions.create(model="m", messages=MSGS, max_tokens=4).choices
