@@ -15,16 +15,18 @@ from proxy.models import default_gguf
 HIDDEN, FFN, LAYERS = 576, 1536, 30
 
 
-def random_adapter(path: Path, seed: int, scale: float = 0.08, rank: int = 4) -> Path:
-    """A random rank-``rank`` LoRA on every MLP: enough to change what the model says."""
+def random_adapter(path: Path, seed: int, scale: float = 0.08, rank: int = 4,
+                   hidden: int = HIDDEN) -> Path:
+    """A random rank-``rank`` LoRA on every MLP: enough to change what the model says.
+    Another ``hidden`` makes one that does not fit the base (as if trained on another)."""
     rng = np.random.default_rng(seed)
     tensors: dict[str, np.ndarray] = {}
     for layer in range(LAYERS):
         prefix = f"base_model.model.model.layers.{layer}.mlp"
-        tensors[f"{prefix}.up_proj.lora_A.weight"] = rng.normal(0, scale, (rank, HIDDEN))
+        tensors[f"{prefix}.up_proj.lora_A.weight"] = rng.normal(0, scale, (rank, hidden))
         tensors[f"{prefix}.up_proj.lora_B.weight"] = rng.normal(0, scale, (FFN, rank))
         tensors[f"{prefix}.down_proj.lora_A.weight"] = rng.normal(0, scale, (rank, FFN))
-        tensors[f"{prefix}.down_proj.lora_B.weight"] = rng.normal(0, scale, (HIDDEN, rank))
+        tensors[f"{prefix}.down_proj.lora_B.weight"] = rng.normal(0, scale, (hidden, rank))
     arrays = {k: v.astype(np.float32) for k, v in tensors.items()}
     return export_lora_gguf(arrays, BaseShape.from_gguf(default_gguf()), float(rank), path)
 

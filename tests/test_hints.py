@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import threading
@@ -15,10 +16,13 @@ import openai
 import pytest
 
 from proxy import payloads
+from proxy.calls import Call
 from proxy.config import load_config
+from proxy.hints.adapters import AdapterWatcher
 from proxy.hints.engine import HintEngine
-from proxy.hints.llm import SmallModel
+from proxy.hints.llm import SmallModel, check_adapter, tensor_shapes
 from proxy.hints.strategies import StrategyCatalog, approach_sentence
+from proxy.hints.text import normalize
 from proxy.models import default_gguf
 from tests.adapters import catalog, publish, random_adapter
 from tests.conftest import ProxyHandle
@@ -367,3 +371,66 @@ def test_missing_model_fails_open(make_proxy: Callable[..., ProxyHandle],
     row = ask(proxy)
     assert row["status"] == 200 and row["hint_skip_reason"] == "model_unavailable"
     assert ask(proxy, stream=True)["status"] == 200
+
+
+def test_an_adapter_that_does_not_fit_the_base_is_refused_not_run(tmp_path: Path) -> None:
+    # llama.cpp loads such a file and then crashes the process on the first hint.
+    shapes = tensor_shapes(default_gguf())
+
+    def base() -> dict[str, tuple[int, ...]]:
+        return shapes
+
+    check_adapter(random_adapter(tmp_path / "fits.gguf", seed=1), base)
+    other = random_adapter(tmp_path / "other.gguf", seed=1, hidden=512)
+    with pytest.raises(ValueError, match="does not fit"):
+        check_adapter(other, base)
+    model = SmallModel(default_gguf(), threads=1, max_tokens=4)
+    with pytest.raises(ValueError, match="does not fit"):
+        model.load(other, "v1", None)
+    assert model.current is None
+
+
+def test_a_failed_adapter_load_is_retried(tmp_path: Path,
+                                          two_adapters: dict[str, tuple[Path, str]]) -> None:
+    # The pointer names a version whose files are not there yet (or were repaired later):
+    # the base model serves meanwhile, and the watcher tries again after retry_s.
+    path_a, label_a = two_adapters["a"]
+    publish(tmp_path, "v1", path_a, catalog({"sA": label_a}))
+    hidden = tmp_path / "v1-away"
+    (tmp_path / "adapters" / "v1").rename(hidden)
+    model = SmallModel(default_gguf(), threads=1, max_tokens=4)
+    watcher = AdapterWatcher(tmp_path, model, poll_s=0.05, retry_s=0.1)
+    assert watcher.check() is False
+    assert model.current is not None and model.current.version == "base"
+    assert watcher.last_error
+    hidden.rename(tmp_path / "adapters" / "v1")  # the pointer file itself is unchanged
+    time.sleep(0.15)
+    assert watcher.check() is True
+    assert model.current.version == "v1" and watcher.last_error is None
+
+
+def test_a_label_generated_after_a_swap_is_not_credited_to_the_old_adapter(
+        tmp_path: Path, two_adapters: dict[str, tuple[Path, str]]) -> None:
+    (path_a, label_a), (path_b, label_b) = two_adapters["a"], two_adapters["b"]
+    cfg = load_config({"store": {"path": str(tmp_path / "s.duckdb")},
+                       "guidance": {"mode": "model", "budget_ms": 60_000}})
+    engine = HintEngine(cfg, None, None)  # type: ignore[arg-type]
+    engine.model = model = SmallModel(default_gguf(), threads=1, max_tokens=12)
+    model.load(path_a, "v1", catalog({"sA": label_a}))
+    gate = threading.Event()
+    model._worker.submit(gate.wait)  # hold the worker: the generation queues behind
+
+    async def ask_then_swap() -> tuple[Any, dict[str, Any]]:
+        call = Call(request_id="r", episode_id="e", endpoint="/v1/chat/completions",
+                    method="POST")
+        pending = asyncio.ensure_future(engine._from_model(call, TASK, time.perf_counter()))
+        await asyncio.sleep(0.05)
+        model.load(path_b, "v2", catalog({"sB": label_b}))  # the nightly swap lands
+        gate.set()
+        return await pending, call.guidance
+
+    strategy, guidance = asyncio.run(ask_then_swap())
+    assert strategy is None and guidance["hint_skip_reason"] == "adapter_swapped"
+    time.sleep(0.1)
+    assert set(engine._labels) == {f"v2:{normalize(TASK)}"}
+    model.close()

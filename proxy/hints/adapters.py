@@ -59,7 +59,9 @@ class AdapterWatcher:
         """Load the published adapter if it changed (or nothing is loaded yet)."""
         pointer = self.adapters / "current.json"
         stamp = _stamp(pointer)
-        retry = self.model.current is None and time.monotonic() - self._failed_at > self.retry_s
+        # A failed load is retried (a file being repaired, a full disk freed), not only
+        # when nothing at all is loaded: after a failure the base model serves.
+        retry = self.last_error is not None and time.monotonic() - self._failed_at > self.retry_s
         if stamp == self._seen and not retry:
             return False
         self._seen = stamp

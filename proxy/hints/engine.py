@@ -175,9 +175,9 @@ class HintEngine:
             g["hint_skip_reason"] = "no_adapter"
             return None
         g["adapter_version"] = loaded.version
-        key = f"{loaded.version}:{normalize(task)}"
+        task_key = normalize(task)
         with self._labels_lock:
-            cached = self._labels.get(key)
+            cached = self._labels.get(f"{loaded.version}:{task_key}")
         if cached is not None:
             g["hint_source"] = "model_cache"
             return self._resolve(call, cached[0], loaded.catalog)
@@ -185,14 +185,19 @@ class HintEngine:
             g["hint_skip_reason"] = "model_busy"
             return None
         future = model.submit(task)
-        future.add_done_callback(lambda f: self._cache_label(key, f))
+        future.add_done_callback(lambda f: self._cache_label(task_key, f))
         remaining = self.cfg.budget_ms / 1000 - (time.perf_counter() - start)
         try:
-            label, _ = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
-                                              max(remaining, 0.001))
+            label, version = await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(future)), max(remaining, 0.001))
         except TimeoutError:
             # Finished in the background and cached for the next similar task.
             g["hint_skip_reason"] = "budget"
+            return None
+        if version != loaded.version:
+            # An adapter swap came between the request and the generation: the label is
+            # the new adapter's, which this call's catalog does not describe.
+            g["hint_skip_reason"] = "adapter_swapped"
             return None
         g["hint_source"] = "model"
         return self._resolve(call, label, loaded.catalog)
@@ -204,11 +209,13 @@ class HintEngine:
             return None
         return catalog.get(sid)
 
-    def _cache_label(self, key: str, future: Any) -> None:
+    def _cache_label(self, task_key: str, future: Any) -> None:
         if future.cancelled() or future.exception() is not None:
             return
+        label, version = future.result()
         with self._labels_lock:
-            self._labels[key] = future.result()
+            # Keyed by the adapter that generated it, which a swap may have changed.
+            self._labels[f"{version}:{task_key}"] = (label, version)
             while len(self._labels) > self.cfg.cache_size:
                 self._labels.popitem(last=False)
 

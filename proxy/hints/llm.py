@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,17 +34,18 @@ class Loaded:
 _LORA_TENSOR = re.compile(r"^blk\.\d+\.[a-z_]+\.weight\.lora_[ab]$")
 
 
-def check_adapter(path: Path) -> None:
-    """Refuse a file llama.cpp would accept but must not run: llama.cpp loads some
-    malformed adapter files without complaint and then crashes while generating."""
-    from gguf import GGUFReader  # noqa: PLC0415 - only when an adapter is published
+def tensor_shapes(gguf: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, innermost dimension first (GGUF's order). ~2 s for the
+    default model (gguf parses all metadata in Python): read once per process."""
+    return {t.name: tuple(int(d) for d in t.shape) for t in _read_gguf(gguf).tensors}
 
-    if not path.is_file():
-        raise FileNotFoundError(f"adapter not found: {path}")
-    try:
-        reader = GGUFReader(str(path))
-    except (ValueError, OSError, IndexError, KeyError) as exc:
-        raise ValueError(f"{path.name} is not a readable GGUF file: {exc}") from exc
+
+def check_adapter(path: Path, base_shapes: Callable[[], dict[str, tuple[int, ...]]]) -> None:
+    """Refuse a file llama.cpp would accept but must not run: llama.cpp loads some
+    malformed adapter files, and adapters trained on another base model, without
+    complaint and then crashes the process while generating. The file's own checks
+    come first, so a broken file is refused before the base's shapes are read."""
+    reader = _read_gguf(path)
 
     def field(key: str) -> str | None:
         f = reader.fields.get(key)
@@ -51,12 +53,32 @@ def check_adapter(path: Path) -> None:
 
     if field("general.type") != "adapter" or field("adapter.type") != "lora":
         raise ValueError(f"{path.name} is not a GGUF LoRA adapter")
-    names = [t.name for t in reader.tensors]
-    if not names or not all(_LORA_TENSOR.match(n) for n in names):
+    shapes = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
+    if not shapes or not all(_LORA_TENSOR.match(n) for n in shapes):
         raise ValueError(f"{path.name} has no LoRA tensors or unexpected tensor names")
-    pairs = {n.rsplit(".", 1)[0] for n in names}
-    if len(names) != 2 * len(pairs):
+    targets = {n.rsplit(".", 1)[0] for n in shapes}
+    if len(shapes) != 2 * len(targets):
         raise ValueError(f"{path.name} has unpaired lora_a/lora_b tensors")
+    base = base_shapes()
+    for target in sorted(targets):
+        a, b = shapes.get(f"{target}.lora_a"), shapes.get(f"{target}.lora_b")
+        w = base.get(target)
+        # GGUF lists dimensions innermost first: W is (in, out), A (in, r), B (r, out).
+        if a is None or b is None or w is None or len(a) != 2 or len(b) != 2 \
+                or len(w) != 2 or (a[0], b[1], a[1]) != (w[0], w[1], b[0]):
+            raise ValueError(f"{path.name} does not fit the base model at {target} "
+                             f"(adapter {a} x {b}, base {w}): was it trained on another?")
+
+
+def _read_gguf(path: Path) -> Any:
+    from gguf import GGUFReader  # noqa: PLC0415 - only when an adapter is published
+
+    if not path.is_file():
+        raise FileNotFoundError(f"not found: {path}")
+    try:
+        return GGUFReader(str(path))
+    except (ValueError, OSError, IndexError, KeyError) as exc:
+        raise ValueError(f"{path.name} is not a readable GGUF file: {exc}") from exc
 
 
 class SmallModel:
@@ -70,6 +92,7 @@ class SmallModel:
         self.max_tokens = max_tokens
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="small-model")
         self._loaded: Loaded | None = None
+        self._base_shapes: dict[str, tuple[int, ...]] | None = None
         self._lock = threading.Lock()
         self._pending = 0
 
@@ -89,7 +112,7 @@ class SmallModel:
         if not self.model_path.is_file():
             raise FileNotFoundError(f"small model not found: {self.model_path}")
         if adapter is not None:
-            check_adapter(adapter)
+            check_adapter(adapter, self._shapes)
         llama = Llama(
             model_path=str(self.model_path),
             lora_path=str(adapter) if adapter else None,
@@ -103,6 +126,11 @@ class SmallModel:
             # Closing on the worker thread guarantees no generation still uses it.
             self._worker.submit(old.llama.close)
         log.info("small model ready: %s (adapter %s)", self.model_path.name, version)
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        if self._base_shapes is None:
+            self._base_shapes = tensor_shapes(self.model_path)
+        return self._base_shapes
 
     def submit(self, task: str) -> Future[tuple[str, str]]:
         """Queue a label generation; the future gives (label, adapter version)."""
