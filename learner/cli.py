@@ -276,20 +276,38 @@ def cmd_rollback(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    """Prints what it can; a broken pointer or manifest is named, not a traceback, and
+    makes the exit code 1 (status is what an operator runs when something is wrong)."""
     state = config.state_dir
-    current = publish.read_current(state)
+    try:
+        current = publish.read_current(state)
+    except (RuntimeError, OSError) as exc:
+        print(f"current: unreadable: {exc}")
+        return _status_rest(state, 1)
     if current is None:
         print("current: none")
-    else:
+        return _status_rest(state, 0)
+    try:
         gate = publish.read_manifest(state, current.version).get("gate", {})
-        print(f"current: {current.version} ({gate.get('reason', '')})")
-    print(f"versions: {', '.join(publish.versions(state)) or 'none'}")
+    except (OSError, ValueError, AttributeError) as exc:
+        print(f"current: {current.version} (its manifest is unreadable: {exc})")
+        return _status_rest(state, 1)
+    print(f"current: {current.version} ({gate.get('reason', '')})")
+    return _status_rest(state, 0)
+
+
+def _status_rest(state: Path, code: int) -> int:
+    try:
+        print(f"versions: {', '.join(publish.versions(state)) or 'none'}")
+    except OSError as exc:
+        print(f"versions: unreadable: {exc}")
+        return 1
     runs = publish.recent_runs(state)
     print("runs:" if runs else "runs: none")
     for r in runs:
-        print(f"  {r['run_id']}  {r['status']:<7} {r.get('decision') or '-':<9} "
+        print(f"  {r.get('run_id')}  {r.get('status') or '-':<7} {r.get('decision') or '-':<9} "
               f"{r.get('version') or '-':<8} {r.get('reason') or ''}")
-    return 0
+    return code
 
 
 COMMANDS: dict[str, Callable[[Config, argparse.Namespace], int]] = {

@@ -115,9 +115,14 @@ def read_current(state_dir: Path) -> Current | None:
     pointer = adapters_dir(state_dir) / "current.json"
     if not pointer.is_file():
         return None
-    info = json.loads(pointer.read_text(encoding="utf-8"))
-    root = adapters_dir(state_dir)
-    return Current(str(info["version"]), root / info["adapter"], root / info["catalog"])
+    try:
+        info = json.loads(pointer.read_text(encoding="utf-8"))
+        root = adapters_dir(state_dir)
+        return Current(str(info["version"]), root / info["adapter"], root / info["catalog"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RuntimeError(f"{pointer} is unreadable ({type(exc).__name__}: {exc}); "
+                           "point it at a kept version with `learner rollback` or "
+                           "delete it to serve the base model") from exc
 
 
 def read_manifest(state_dir: Path, version: str) -> dict[str, Any]:
@@ -265,8 +270,10 @@ def recent_runs(state_dir: Path, limit: int = 10) -> list[dict[str, Any]]:
     rows = []
     for path in files:
         try:
-            rows.append(json.loads(path.read_text(encoding="utf-8")))
+            row = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
+        if isinstance(row, dict):
+            rows.append(row)
     rows.sort(key=lambda r: (str(r.get("started_at")), str(r.get("run_id"))), reverse=True)
     return rows[:limit]

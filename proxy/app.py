@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,10 +35,12 @@ from proxy.recorder import Recorder
 from proxy.redact import build_redactor
 from proxy.relay import Relay
 from proxy.services import Advisor, Services
-from proxy.store import Store
+from proxy.store import Store, StoreLocked
 from proxy.upstream import Target, Upstream
 
 log = logging.getLogger("tactician")
+# How long startup waits for a store another process holds (see open_store).
+STORE_WAIT_S = 120.0
 
 AdvisorFactory = Callable[[Config, Store, Recorder], Advisor | None]
 
@@ -154,13 +158,27 @@ class _LazyRelay:
         await self.relay(scope, receive, send)
 
 
+def open_store(path: Path, wait_s: float = STORE_WAIT_S) -> Store:
+    """Open the store read-write, waiting while another process holds it: a learner
+    run by hand while no proxy ran reads the file directly for up to a minute or so."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return Store(path)
+        except StoreLocked as exc:
+            if time.monotonic() >= deadline:
+                raise
+            log.warning("%s; waiting up to %.0f s for it", exc, deadline - time.monotonic())
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+
+
 def build_services(
     config: Config,
     transport: httpx.AsyncBaseTransport | None,
     advisor_factory: AdvisorFactory,
     local_base_url: str | None,
 ) -> Services:
-    store = Store(config.store_path)
+    store = open_store(config.store_path)
     recorder = Recorder(
         store,
         queue_size=config.store.queue_size,

@@ -125,8 +125,19 @@ class LearnerJobs:
         done = self.runs_dir / "ingested"
         count = 0
         for path in sorted(self.runs_dir.glob("*.json")):
-            row: dict[str, Any] = json.loads(path.read_text())
-            self.recorder.submit(functools.partial(_insert_run, row=row)).result(30)
+            try:
+                row: dict[str, Any] = json.loads(path.read_text())
+                self.recorder.submit(functools.partial(_insert_run, row=row)).result(30)
+            except TimeoutError:
+                raise  # the writer is busy, the file is fine: the next tick tries again
+            except Exception as exc:  # noqa: BLE001 - a record file is outside input
+                # One bad file must not hold back the ones after it, nor be retried (and
+                # logged) every few seconds: it is set aside for a person to look at.
+                log.error("learner run record %s set aside in runs/rejected: %s: %s",
+                          path.name, type(exc).__name__, exc)
+                (self.runs_dir / "rejected").mkdir(exist_ok=True)
+                path.replace(self.runs_dir / "rejected" / path.name)
+                continue
             done.mkdir(exist_ok=True)
             path.replace(done / path.name)
             count += 1

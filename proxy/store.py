@@ -178,7 +178,10 @@ def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         return duckdb.connect(str(path), read_only=read_only)
     except (duckdb.IOException, duckdb.ConnectionException) as exc:
         if "lock" in str(exc).lower() or "different configuration" in str(exc):
-            raise StoreLocked(f"{path} is open read-write in another process") from exc
+            holder = ("read-write in another process (a proxy)" if read_only else
+                      "in another process (a proxy, or a learner reading it while no "
+                      "proxy ran)")
+            raise StoreLocked(f"{path} is open {holder}") from exc
         raise StoreError(f"cannot open store {path}: {exc}") from exc
 
 

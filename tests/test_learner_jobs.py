@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from learner.cli import main as learner_main
 from proxy.config import load_config
 from proxy.learning import LearnerJobs
 from proxy.recorder import Recorder
@@ -66,3 +69,30 @@ def test_ingest_moves_run_files_into_the_store(tmp_path: Path) -> None:
     got = store.query("SELECT run_id, decision, metrics FROM learner_runs")
     assert got == [{"run_id": "run-1", "decision": "promoted", "metrics": '{"acc": 0.9}'}]
     recorder.stop()
+
+
+def test_a_bad_run_record_is_set_aside_and_the_rest_ingested(tmp_path: Path) -> None:
+    jobs, store, recorder = make(tmp_path)
+    runs = tmp_path / "s.state" / "runs"
+    runs.mkdir(parents=True)
+    (runs / "run-0.json").write_text("{not json")
+    (runs / "run-1.json").write_text(json.dumps({"run_id": "run-1", "status": "ok"}))
+    assert jobs.ingest() == 1 and jobs.ingest() == 0
+    assert (runs / "rejected" / "run-0.json").is_file()
+    assert store.query("SELECT run_id FROM learner_runs") == [{"run_id": "run-1"}]
+    recorder.stop()
+
+
+def test_status_names_a_broken_pointer_instead_of_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(f'store: {{path: "{tmp_path / "s.duckdb"}"}}\n')
+    adapters = tmp_path / "s.state" / "adapters"
+    adapters.mkdir(parents=True)
+    for pointer, needle in (("{broken", "unreadable"),
+                            ('{"version": "v000007", "adapter": "v000007/adapter.gguf", '
+                             '"catalog": "v000007/catalog.json"}', "v000007 (its manifest")):
+        (adapters / "current.json").write_text(pointer)
+        assert learner_main(["status", "--config", str(cfg_file)]) == 1
+        assert needle in capsys.readouterr().out
+    assert learner_main(["rollback", "--config", str(cfg_file)]) == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from proxy.app import open_store
 from proxy.recorder import Recorder
 from proxy.store import MIGRATIONS, Store, StoreLocked, open_for_reading
 from tests.conftest import ProxyHandle
@@ -168,6 +169,27 @@ def test_store_locked_error_type(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_the_proxy_waits_for_a_learner_reading_the_store(tmp_path: Path) -> None:
+    # A learner run while no proxy ran opens the file read-only for its dataset build.
+    path = tmp_path / "s.duckdb"
+    Store(path).close()
+    code = ("import time\nfrom proxy.store import open_for_reading\n"
+            f"s = open_for_reading({str(path)!r})\nprint('ready', flush=True)\n"
+            "time.sleep(1.5)\ns.close()\n")
+    for wait_s, opens in ((0.3, False), (20.0, True)):
+        reader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                                  text=True)
+        assert reader.stdout is not None and reader.stdout.readline().strip() == "ready"
+        try:
+            if opens:
+                open_store(path, wait_s).close()
+            else:
+                with pytest.raises(StoreLocked, match="learner"):
+                    open_store(path, wait_s)
+        finally:
+            reader.wait(30)
 
 
 def test_kill_9_loses_at_most_a_flush_interval(tmp_path: Path, fake: object) -> None:
