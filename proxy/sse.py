@@ -141,8 +141,9 @@ class StreamAssembler:
             block = self._anthropic_blocks.setdefault(index, {"type": "text"})
             if "text" in delta:
                 block["text"] = _concat(block.get("text"), delta["text"])
-            if "partial_json" in delta:
-                block["input_json"] = _concat(block.get("input_json"), delta["partial_json"])
+            for key in ("partial_json", "thinking", "signature"):
+                if key in delta:
+                    block[key] = _concat(block.get(key), delta[key])
         elif kind == "message_delta":
             if self._final is not None:
                 self._final.update(obj.get("delta") or {})
@@ -150,7 +151,8 @@ class StreamAssembler:
 
     def result(self) -> dict[str, Any]:
         if self.endpoint.endswith("/messages") and self._final is not None:
-            content = [self._anthropic_blocks[i] for i in sorted(self._anthropic_blocks)]
+            content = [_finished_block(self._anthropic_blocks[i])
+                       for i in sorted(self._anthropic_blocks)]
             return {**self._final, "content": content, "usage": self._usage}
         if self._final is not None:
             return self._final
@@ -159,6 +161,20 @@ class StreamAssembler:
         if self._usage is not None:
             out["usage"] = self._usage
         return out
+
+
+def _finished_block(block: dict[str, Any]) -> dict[str, Any]:
+    """A tool_use block as the non-streamed answer has it: the streamed JSON pieces
+    parsed into ``input`` (kept as text only if they do not parse)."""
+    pieces = block.get("partial_json")
+    if not isinstance(pieces, str):
+        return block
+    out = {k: v for k, v in block.items() if k != "partial_json"}
+    try:
+        out["input"] = json.loads(pieces) if pieces else {}
+    except ValueError:
+        out["input_json"] = pieces
+    return out
 
 
 def _concat(acc: Any, piece: Any) -> Any:

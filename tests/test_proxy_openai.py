@@ -121,6 +121,36 @@ def test_the_stream_parser_gives_up_instead_of_raising() -> None:
     assert not assembler.done  # nothing more is parsed once it failed
 
 
+def test_a_streamed_anthropic_answer_is_recorded_like_the_unstreamed_one() -> None:
+    events = [
+        {"type": "message_start", "message": {"id": "m", "role": "assistant", "content": [],
+                                              "usage": {"input_tokens": 9}}},
+        {"type": "content_block_start", "index": 0,
+         "content_block": {"type": "thinking", "thinking": ""}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "thinking_delta", "thinking": "Weather, so "}},
+        {"type": "content_block_delta", "index": 0,
+         "delta": {"type": "thinking_delta", "thinking": "call the tool."}},
+        {"type": "content_block_start", "index": 1, "content_block": {
+            "type": "tool_use", "id": "t1", "name": "get_weather", "input": {}}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "input_json_delta", "partial_json": '{"city": '}},
+        {"type": "content_block_delta", "index": 1,
+         "delta": {"type": "input_json_delta", "partial_json": '"Paris"}'}},
+        {"type": "message_delta", "delta": {"stop_reason": "tool_use"},
+         "usage": {"output_tokens": 5}},
+        {"type": "message_stop"},
+    ]
+    assembler = StreamAssembler("/v1/messages")
+    for e in events:
+        assembler.feed(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode())
+    out = assembler.result()
+    assert out["content"] == [
+        {"type": "thinking", "thinking": "Weather, so call the tool."},
+        {"type": "tool_use", "id": "t1", "name": "get_weather", "input": {"city": "Paris"}}]
+    assert out["stop_reason"] == "tool_use" and assembler.done
+
+
 def test_unknown_fields_and_n_pass_through(proxy: ProxyHandle, fake: FakeUpstream) -> None:
     c = client(proxy)
     resp = c.chat.completions.create(
