@@ -72,7 +72,7 @@ class LocalModelServer:
 
     def _spawn(self) -> None:
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "proxy.local_child",  # llama_cpp.server, tied to us
             "--model", str(self.model_path), "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", str(self.cfg.n_ctx), "--n_threads", str(self.cfg.threads),
             "--model_alias", self.model_path.stem,
@@ -85,7 +85,7 @@ class LocalModelServer:
         out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - fixed argv, our own interpreter
-                cmd, stdout=out, stderr=out, env=dict(os.environ))
+                cmd, stdout=out, stderr=out, env=_child_env())
         finally:
             if not isinstance(out, int):
                 out.close()
@@ -152,3 +152,10 @@ class LocalModelServer:
             self._proc.kill()
             self._proc.wait()
 
+
+def _child_env() -> dict[str, str]:
+    """The environment, with this package importable whatever the working directory."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env

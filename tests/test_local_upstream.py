@@ -22,6 +22,7 @@ import pytest
 from tests.servers import free_port
 
 MSGS = [{"role": "user", "content": "Say hello in three words."}]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +142,28 @@ def test_a_dead_local_model_is_reported_and_restarted(default_proxy: tuple[str, 
     assert health["status"] == "ok" and health["local_model"]["last_exit"] == -signal.SIGKILL
     c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
     assert c.chat.completions.create(model="m", messages=MSGS, max_tokens=4).choices
+
+
+def test_the_local_model_exits_with_a_killed_proxy(tmp_path: Path) -> None:
+    # kill -9 gives the proxy no chance to stop its child: the child must notice.
+    code = ("import time\nfrom pathlib import Path\nfrom proxy.config import LocalModelConfig\n"
+            "from proxy.local_model import LocalModelServer\n"
+            "s = LocalModelServer(LocalModelConfig(), log_path=Path('l.log'))\n"
+            "s.start()\nprint(s._proc.pid, flush=True)\ntime.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert holder.stdout is not None
+    child = int(holder.stdout.readline())
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{child}").exists() and b"zombie" not in _state(child):
+        assert time.monotonic() < deadline, "the model server outlived its proxy"
+        time.sleep(0.2)
+
+
+def _state(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/status").read_bytes().lower()
+    except FileNotFoundError:
+        return b"zombie"
