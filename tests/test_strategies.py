@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import time
+
+import numpy as np
 
 from proxy.config import GuidanceConfig
 from proxy.hints import evidence
@@ -324,3 +327,17 @@ def test_pooled_evidence_and_recorded_hints_round_trip() -> None:
     assert json.loads(got.stats_json or "{}")["strategies"] == {got.strategy.label: [12.0, 12]}
     assert hinted_sentence(hint_text(got.strategy)) == PHRASINGS["a1"]
     assert hinted_sentence("Be brief.") is None and hinted_sentence(None) is None
+
+
+def test_prefault_takes_the_first_writes_page_faults_off_the_request_path() -> None:
+    # With transparent huge pages the first column written faults in the whole matrix
+    # (~200 ms at the default size), which the first guided call used to wait for.
+    vec = np.zeros(512, dtype=np.float32)
+    vec[[3, 50, 400]] = 1.0
+    mem = TaskMemory(dim=512, capacity=50_000)
+    mem.prefault()
+    assert mem._vectors[:, 0].sum() == 0  # touched, not changed
+    start = time.perf_counter()
+    mem.add("r", "e", vec, "s")
+    assert time.perf_counter() - start < 0.05
+    assert mem.neighbours(vec, 5, 0.1) == [] and mem.seq == 1  # no outcome yet

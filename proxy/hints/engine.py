@@ -52,6 +52,7 @@ class HintEngine:
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
+        await asyncio.to_thread(self.recommender.memory.prefault)
         await asyncio.to_thread(self._load_history)
         if self.cfg.mode == "retrieval":
             return
