@@ -82,9 +82,7 @@ def create_app(
             local = LocalModelServer(config.local_model, _local_path(config),
                                      log_path=config.state_dir / "local_model.log")
             await asyncio.to_thread(local.start)
-        svc = build_services(config, transport, advisor_factory,
-                             local.base_url if local else None)
-        svc.local_model = local
+        svc = build_services(config, transport, advisor_factory, local)
         holder["svc"] = svc
         app.state.services = svc
         svc.recorder.start()
@@ -176,7 +174,7 @@ def build_services(
     config: Config,
     transport: httpx.AsyncBaseTransport | None,
     advisor_factory: AdvisorFactory,
-    local_base_url: str | None,
+    local: LocalModelServer | None,
 ) -> Services:
     store = open_store(config.store_path)
     recorder = Recorder(
@@ -198,13 +196,14 @@ def build_services(
         recorder=recorder,
         upstream=upstream,
         redact=build_redactor(config.store.redact),
-        targets=build_targets(config, local_base_url),
+        targets=build_targets(config, local.base_url if local else None),
         advisor=advisor_factory(config, store, recorder),
         litellm=LiteLLMBackend(config.routes, httpx.Timeout(
             config.upstream.timeout_s, connect=config.upstream.connect_timeout_s))
         if config.routes else None,
         learner=LearnerJobs(config, recorder),
         metrics=metrics,
+        local_model=local,
     )
     # The live uplift on /metrics is the dashboard's one-pass version of arm_stats.
     metrics.track(recorder, svc.adapter_version, lambda: queries.overall(store))

@@ -88,8 +88,7 @@ class LiteLLMBackend:
             raise BadRequest(f"{unknown[0]} is not a Chat Completions parameter this proxy "
                              "passes to routed models", param=unknown[0],
                              code="unsupported_parameter")
-        prepare()
-        import litellm  # noqa: PLC0415 - imported by prepare(); a dict lookup here
+        import litellm  # noqa: PLC0415 - imported by prepare() at startup: a dict lookup
 
         kwargs: dict[str, Any] = {**body, "model": route.litellm_model, "timeout": self.timeout}
         if route.api_key:

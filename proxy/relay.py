@@ -231,10 +231,10 @@ class Relay:
         if upstream_id:
             headers.append((b"x-upstream-request-id", upstream_id.encode("latin-1")))
         headers.extend(identity_headers(call))
-        ctype = resp.headers.get("content-type", "").lower()
-        if ctype.startswith("text/event-stream"):
+        media = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media.startswith("text/event-stream"):
             await self._relay_events(call, resp, send, headers)
-        elif not ctype or "json" in ctype.split(";")[0]:
+        elif not media or "json" in media:
             # JSON answers are read whole: they are the record, and clients parse
             # them whole anyway; an upstream failing mid-body still gets a 502.
             body = await _read_all(resp)
@@ -248,7 +248,7 @@ class Relay:
                         "headers": headers})
             await send({"type": "http.response.body", "body": body})
         else:
-            await self._relay_body(call, resp, send, headers, record=_textual(ctype))
+            await self._relay_body(call, resp, send, headers, record=_textual(media))
 
     async def _relay_events(self, call: Call, resp: httpx.Response, send: Send,
                             headers: list[tuple[bytes, bytes]]) -> None:
@@ -294,9 +294,8 @@ class Relay:
             call.response_raw = b"".join(kept) if kept else None
 
 
-def _textual(ctype: str) -> bool:
-    media = ctype.split(";")[0].strip()
-    return media.startswith("text/") or any(k in media for k in ("json", "xml"))
+def _textual(media: str) -> bool:
+    return media.startswith("text/") or "xml" in media
 
 
 async def _chunks(call: Call, resp: httpx.Response) -> AsyncGenerator[bytes, None]:

@@ -84,9 +84,12 @@ def check_access(token: str | None, request: Request) -> None:
 
 
 def _loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
+    return _loopback_ip(request.client.host if request.client else "")
+
+
+def _loopback_ip(text: str) -> bool:
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(text).is_loopback
     except ValueError:
         return False
 
@@ -99,12 +102,7 @@ def _loopback_name(host: str | None) -> bool:
         return True
     name = host[1:host.find("]")] if host.startswith("[") else host.rpartition(":")[0] or host
     name = name.lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return name == "localhost" or name.endswith(".localhost") or _loopback_ip(name)
 
 
 def _services(request: Request) -> Services:

@@ -37,7 +37,7 @@ _LORA_TENSOR = re.compile(r"^blk\.\d+\.[a-z_]+\.weight\.lora_[ab]$")
 def tensor_shapes(gguf: Path) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, innermost dimension first (GGUF's order). ~2 s for the
     default model (gguf parses all metadata in Python): read once per process."""
-    return {t.name: tuple(int(d) for d in t.shape) for t in _read_gguf(gguf).tensors}
+    return _shapes_of(_read_gguf(gguf))
 
 
 def check_adapter(path: Path, base_shapes: Callable[[], dict[str, tuple[int, ...]]]) -> None:
@@ -53,7 +53,7 @@ def check_adapter(path: Path, base_shapes: Callable[[], dict[str, tuple[int, ...
 
     if field("general.type") != "adapter" or field("adapter.type") != "lora":
         raise ValueError(f"{path.name} is not a GGUF LoRA adapter")
-    shapes = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
+    shapes = _shapes_of(reader)
     if not shapes or not all(_LORA_TENSOR.match(n) for n in shapes):
         raise ValueError(f"{path.name} has no LoRA tensors or unexpected tensor names")
     targets = {n.rsplit(".", 1)[0] for n in shapes}
@@ -68,6 +68,10 @@ def check_adapter(path: Path, base_shapes: Callable[[], dict[str, tuple[int, ...
                 or len(w) != 2 or (a[0], b[1], a[1]) != (w[0], w[1], b[0]):
             raise ValueError(f"{path.name} does not fit the base model at {target} "
                              f"(adapter {a} x {b}, base {w}): was it trained on another?")
+
+
+def _shapes_of(reader: Any) -> dict[str, tuple[int, ...]]:
+    return {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}
 
 
 def _read_gguf(path: Path) -> Any:
