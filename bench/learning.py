@@ -166,7 +166,8 @@ def print_summary(data: dict[str, Any], report: Report) -> None:
         print("learner: not run (the proxy never loads an adapter in retrieval-only; "
               "--learner on forces it)")
     for run in runs:
-        print(f"learner day {run['day'] + 1}: {run['status']} ({run['seconds']:.1f} s) "
+        print(f"learner day {run['day'] + 1}: {run['status']} ({run['seconds']:.1f} s, then "
+              f"serving {run['serving'] or 'no adapter'}) "
               f"{run['last_line'][:100]}")
     for name, arm in data["arms"].items():
         if arm["errors"]:

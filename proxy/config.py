@@ -80,6 +80,7 @@ class GuidanceConfig:
     budget_ms: PositiveFloat = 150.0
     holdout: Fraction = 0.1
     task_source: Literal["first_user", "last_user"] = "first_user"
+    hint_position: Literal["end", "start"] = "end"
     cache_size: PositiveInt = 4096
     similar_k: PositiveInt = 200
     min_similarity: SignedFraction = 0.2

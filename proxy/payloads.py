@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 from proxy.errors import InvalidJSON
 
@@ -123,37 +124,71 @@ def hint_block(hint: str) -> str:
     return f"{HINT_OPEN}\n{hint}\n{HINT_CLOSE}"
 
 
-def inject_hint(endpoint: str, body: dict[str, Any], hint: str) -> dict[str, Any] | None:
-    """Return a copy of ``body`` with the hint at the start of the first system prompt
-    (or a new one when there is none); None when the body's system prompt or messages
-    have a shape the API does not define: the upstream should see, and reject, the
-    client's own bytes. The caller's object is never modified."""
+def inject_hint(endpoint: str, body: dict[str, Any], hint: str,
+                position: Literal["end", "start"] = "end") -> dict[str, Any] | None:
+    """Return a copy of ``body`` with the hint in its system prompt (a new one when it
+    has none); None when the body's system prompt or messages have a shape the API does
+    not define: the upstream should see, and reject, the client's own bytes. The
+    caller's object is never modified.
+
+    ``position`` "end" puts the hint after the client's system prompt, so everything
+    the client sent before it stays a byte-identical prefix and the upstream's prompt
+    cache (OpenAI's automatic one, Anthropic's ``cache_control`` breakpoints, a local
+    server's KV cache) still serves it; "start" puts it before."""
     out = copy.copy(body)
+    add = _append if position == "end" else _prepend
     block = hint_block(hint)
     if endpoint.endswith("/messages"):
         if not isinstance(body.get("system"), str | list | None):
             return None
-        out["system"] = _prepend(body.get("system"), block)
+        out["system"] = add(body.get("system"), block)
     elif endpoint.endswith("/responses"):
         inst = body.get("instructions")
         if not isinstance(inst, str | None):
             return None
-        out["instructions"] = f"{block}\n\n{inst}" if inst else block
+        out["instructions"] = add(inst, block)
     else:
         messages = body.get("messages")
         if not isinstance(messages, list):
             return None
-        out["messages"] = _inject_messages(messages, block)
+        injected = _inject_messages(messages, block, add)
+        if injected is None:
+            return None
+        out["messages"] = injected
     return out
 
 
-def _inject_messages(messages: list[Any], block: str) -> list[Any]:
+_Add = Callable[[Any, str], Any]
+
+
+def _inject_messages(messages: list[Any], block: str, add: _Add) -> list[Any] | None:
+    """The hint joins the last system/developer message of the run that opens the
+    conversation (the static part a prompt cache keys on); a conversation that does not
+    open with one gets a new system message first."""
+    lead = 0
+    while lead < len(messages) and _is_system(messages[lead]):
+        lead += 1
+    if lead == 0:
+        return [{"role": "system", "content": block}, *messages]
     msgs = list(messages)
-    for i, m in enumerate(msgs):
-        if isinstance(m, dict) and m.get("role") in ("system", "developer"):
-            msgs[i] = {**m, "content": _prepend(m.get("content"), block)}
-            return msgs
-    return [{"role": "system", "content": block}, *msgs]
+    at = lead - 1 if add is _append else 0
+    content = msgs[at].get("content")
+    if not isinstance(content, str | list | None):
+        return None
+    msgs[at] = {**msgs[at], "content": add(content, block)}
+    return msgs
+
+
+def _is_system(m: Any) -> bool:
+    return isinstance(m, dict) and m.get("role") in ("system", "developer")
+
+
+def _append(content: Any, block: str) -> Any:
+    if isinstance(content, list):
+        return [*content, {"type": "text", "text": block}]
+    if isinstance(content, str) and content:
+        return f"{content}\n\n{block}"
+    return block
 
 
 def _prepend(content: Any, block: str) -> Any:

@@ -193,7 +193,8 @@ class Relay:
         hint = await self.svc.advise(call)
         if hint is None:
             return content
-        injected = payloads.inject_hint(call.endpoint, call.body, hint)
+        injected = payloads.inject_hint(call.endpoint, call.body, hint,
+                                        self.svc.config.guidance.hint_position)
         if injected is None:
             return content
         text = json.dumps(injected, ensure_ascii=False)

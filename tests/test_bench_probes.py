@@ -1,6 +1,7 @@
 """The small-model probes: bench.unseen (can it name new approaches?), bench.labels
-(what each published adapter chooses) and bench.colocated (generation time beside a
-CPU-heavy neighbour), with the real llama.cpp and SmolLM2 GGUF."""
+(what each published adapter chooses), bench.colocated (generation time beside a
+CPU-heavy neighbour) and bench.prompt_cache (does the hint leave an upstream's prompt
+cache working?), with the real llama.cpp and SmolLM2 GGUF."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from bench import colocated, labels, unseen
+from bench import colocated, labels, prompt_cache, unseen
 from bench.sim import world_from_data
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import Strategy, StrategyCatalog
@@ -81,3 +82,16 @@ def test_colocated_times_the_model_alone_and_beside_a_niced_neighbour(
     assert [(r["neighbour"], r.get("nice")) for r in rows] == [
         (None, None), ("torch x1", 10), (None, None)]
     assert all(r["tasks"] == 3 and 0 < r["p50_ms"] <= r["max_ms"] for r in rows)
+
+
+def test_a_hint_after_the_system_prompt_keeps_llama_cpp_prefix_cache(tmp_path: Path) -> None:
+    """The real llama.cpp server re-evaluates a ~500-token system prompt on every call
+    when the hint comes first (each call's hint differs), and only the hint and task
+    when it comes last: an order of magnitude apart on this machine (~17x)."""
+    out = tmp_path / "cache.json"
+    assert prompt_cache.main(["--rounds", "1", "--block", "3", "--rules", "16",
+                              "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["calls_counted"] == {"end": 2, "start": 2}
+    assert report["system_prompt_tokens"] > 400
+    assert report["start_over_end"] > 3

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import openai
@@ -32,28 +32,43 @@ TASK = "Plan the quarterly offsite for the platform group"
 
 
 # -- injection -------------------------------------------------------------------------
+BLOCK = "[Strategy hint]\nH\n[/Strategy hint]"
+TWO_SYSTEMS = [{"role": "system", "content": "Static rules."},
+               {"role": "developer", "content": "Session facts."},
+               {"role": "user", "content": "t"}, {"role": "system", "content": "Late."}]
+
+
 @pytest.mark.parametrize(("endpoint", "body", "check"), [
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": "t"}]},
-     lambda b: b["messages"][0] == {"role": "system", "content": "[Strategy hint]\nH\n"
-                                                                 "[/Strategy hint]"}),
+     lambda b: b["messages"][0] == {"role": "system", "content": BLOCK}),
     ("/v1/chat/completions", {"messages": [{"role": "system", "content": "Be brief."},
                                            {"role": "user", "content": "t"}]},
-     lambda b: b["messages"][0]["content"].startswith("[Strategy hint]\nH\n")
-     and b["messages"][0]["content"].endswith("Be brief.") and len(b["messages"]) == 2),
+     lambda b: b["messages"][0]["content"] == f"Be brief.\n\n{BLOCK}"
+     and len(b["messages"]) == 2),
     ("/v1/chat/completions", {"messages": [{"role": "developer", "content": [
         {"type": "text", "text": "Dev rules."}]}, {"role": "user", "content": "t"}]},
-     lambda b: b["messages"][0]["content"][0]["text"].startswith("[Strategy hint]")
-     and b["messages"][0]["content"][1]["text"] == "Dev rules."),
-    ("/v1/responses", {"input": "t"}, lambda b: b["instructions"].startswith("[Strategy")),
+     lambda b: b["messages"][0]["content"] == [{"type": "text", "text": "Dev rules."},
+                                               {"type": "text", "text": BLOCK}]),
+    # The last message of the opening system run; a later system message is the
+    # conversation's own and stays as it was.
+    ("/v1/chat/completions", {"messages": TWO_SYSTEMS},
+     lambda b: b["messages"][1]["content"] == f"Session facts.\n\n{BLOCK}"
+     and b["messages"][0] == TWO_SYSTEMS[0] and b["messages"][2:] == TWO_SYSTEMS[2:]),
+    ("/v1/chat/completions", {"messages": TWO_SYSTEMS[2:]},
+     lambda b: b["messages"] == [{"role": "system", "content": BLOCK}, *TWO_SYSTEMS[2:]]),
+    ("/v1/responses", {"input": "t"}, lambda b: b["instructions"] == BLOCK),
     ("/v1/responses", {"input": "t", "instructions": "Be brief."},
-     lambda b: b["instructions"].endswith("\n\nBe brief.")),
+     lambda b: b["instructions"] == f"Be brief.\n\n{BLOCK}"),
     ("/v1/messages", {"messages": [{"role": "user", "content": "t"}]},
-     lambda b: b["system"].startswith("[Strategy hint]")),
+     lambda b: b["system"] == BLOCK),
     ("/v1/messages", {"system": "Kind.", "messages": []},
-     lambda b: b["system"].endswith("\n\nKind.")),
-    ("/v1/messages", {"system": [{"type": "text", "text": "Kind."}], "messages": []},
-     lambda b: b["system"][0]["text"].startswith("[Strategy") and b["system"][1]["text"]
-     == "Kind."),
+     lambda b: b["system"] == f"Kind.\n\n{BLOCK}"),
+    # Anthropic's cache breakpoint stays on the client's block, the hint after it.
+    ("/v1/messages", {"system": [{"type": "text", "text": "Kind.",
+                                  "cache_control": {"type": "ephemeral"}}], "messages": []},
+     lambda b: b["system"] == [{"type": "text", "text": "Kind.",
+                                "cache_control": {"type": "ephemeral"}},
+                               {"type": "text", "text": BLOCK}]),
 ])
 def test_injection(endpoint: str, body: dict[str, object],
                    check: Callable[[dict[str, object]], bool]) -> None:
@@ -61,6 +76,35 @@ def test_injection(endpoint: str, body: dict[str, object],
     out = payloads.inject_hint(endpoint, body, "H")
     assert out is not None and check(out)
     assert body == original  # the caller's object is never modified
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/responses",
+                                      "/v1/messages"])
+@pytest.mark.parametrize(("position", "cached"), [("end", True), ("start", False)])
+def test_the_client_prompt_stays_a_prefix_only_with_the_hint_at_the_end(
+        endpoint: str, position: Literal["end", "start"], cached: bool) -> None:
+    """What an upstream prompt cache keys on: the serialized request up to the hint.
+    With the hint at the end, two calls with different hints share every byte of the
+    client's system prompt; at the start they share none of it."""
+    system = "You are the release assistant. " * 40
+    if endpoint.endswith("/messages"):
+        body: dict[str, object] = {"system": system, "messages": [
+            {"role": "user", "content": "t"}]}
+    elif endpoint.endswith("/responses"):
+        body = {"instructions": system, "input": "t"}
+    else:
+        body = {"messages": [{"role": "system", "content": system},
+                             {"role": "user", "content": "t"}]}
+    a, b = (json.dumps(payloads.inject_hint(endpoint, body, h, position))
+            for h in ("Roll back first.", "Page the owner."))
+    shared = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    assert (shared > len(system)) is cached
+
+
+def test_a_system_message_of_undefined_shape_is_left_to_the_upstream() -> None:
+    body = {"messages": [{"role": "system", "content": {"text": "x"}},
+                         {"role": "user", "content": "t"}]}
+    assert payloads.inject_hint("/v1/chat/completions", body, "H") is None
 
 
 @pytest.mark.parametrize(("endpoint", "body"), [
@@ -125,19 +169,21 @@ def strategy_upstream() -> Iterator[StrategyUpstream]:
         yield up
 
 
+@pytest.mark.parametrize("position", ["end", "start"])
 def test_retrieval_recommends_what_worked(make_proxy: Callable[..., ProxyHandle],
                                           strategy_upstream: StrategyUpstream,
-                                          tmp_path: Path) -> None:
+                                          tmp_path: Path, position: str) -> None:
     from tests.conftest import proxy_config
 
     cfg = proxy_config(tmp_path, strategy_upstream.url,  # type: ignore[attr-defined]
                        guidance={"enabled": True, "mode": "retrieval", "holdout": 0.0,
-                                 "explore": 0.0})
+                                 "explore": 0.0, "hint_position": position})
     proxy = make_proxy(cfg)
     c = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
     for i in range(30):
         raw = c.chat.completions.with_raw_response.create(
-            model="m", messages=[{"role": "user", "content": f"{TASK} number {i}"}])
+            model="m", messages=[{"role": "system", "content": "Be careful."},
+                                 {"role": "user", "content": f"{TASK} number {i}"}])
         text = raw.parse().choices[0].message.content or ""
         httpx.post(f"{proxy.base_url}/outcomes", json={
             "request_id": raw.headers["x-request-id"], "success": "alpha" in text})
@@ -147,9 +193,14 @@ def test_retrieval_recommends_what_worked(make_proxy: Callable[..., ProxyHandle]
     assert all("alpha method" in (r["hint_text"] or "") for r in late)
     stats = json.loads(late[-1]["hint_stats"])
     assert "similar tasks" in stats["summary"]
-    # The upstream saw the hint at the start of a new system message.
-    sent = strategy_upstream.received[-1]["body"]["messages"][0]
-    assert sent["role"] == "system" and sent["content"].startswith("[Strategy hint]")
+    # The upstream saw the hint where the config puts it; the record keeps the
+    # client's own system prompt.
+    sent = strategy_upstream.received[-1]["body"]["messages"]
+    assert len(sent) == 2 and sent[0]["role"] == "system"
+    hint = payloads.hint_block(late[-1]["hint_text"])
+    assert sent[0]["content"] == ("Be careful.\n\n" + hint if position == "end" else
+                                  hint + "\n\nBe careful.")
+    assert late[-1]["system_text"] == "Be careful."
     report = httpx.get(f"{proxy.base_url}/tactician/stats").json()
     assert report["arms"]["guided"]["episodes"] == 30
 

@@ -111,7 +111,10 @@ def nightly(spec: ArmSpec, proxy: ProxyProcess, task: Task) -> LearnerRun:
     log_path = proxy.directory / f"learner-day-{task.day}.log"
     status, code, seconds = run_learner(proxy.config_path, log_path, spec.learner_timeout_s)
     line = last_line(tail(log_path))
-    return LearnerRun(task.phase, task.day, task.day_in_phase, status, code, seconds, line)
+    # "Before the next day starts": the day's adapter is served, not still loading.
+    serving = proxy.wait_adapter()
+    return LearnerRun(task.phase, task.day, task.day_in_phase, status, code, seconds, line,
+                      serving)
 
 
 def run_arm(

@@ -24,12 +24,17 @@ from typing import IO, Any, Self
 import httpx
 import yaml
 
+from learner.publish import read_current
+from proxy.config import load_config
 from proxy.local_model import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 180.0  # "both"/"model" load the small model before the proxy listens
 STOP_TIMEOUT_S = 40.0  # above the proxy's 30 s graceful shutdown
 DRAIN_TIMEOUT_S = 60.0
+# Loading an adapter rebuilds the small model's context (~2 s here); a refused one never
+# loads, and the day then starts on what the proxy serves.
+ADAPTER_WAIT_S = 60.0
 LOG_TAIL_CHARS = 2000
 
 
@@ -256,6 +261,22 @@ class ProxyProcess(Service):
             time.sleep(0.1)
         return recorder
 
+    def wait_adapter(self, timeout_s: float = ADAPTER_WAIT_S) -> str | None:
+        """Wait until the hint engine serves the adapter the learner last published
+        (the proxy polls for it and loads it in the background); the version it serves
+        when this returns."""
+        current = read_current(load_config(self.config).state_dir)
+        serving: str | None = None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            guidance = self._http.get(self.url + "/healthz", timeout=10).json().get(
+                "guidance", {})
+            serving = guidance.get("adapter_version")
+            if (current is None or serving == current.version
+                    or guidance.get("mode") == "retrieval" or time.monotonic() > deadline):
+                return serving
+            time.sleep(0.1)
+
     def stats(self) -> dict[str, Any]:
         response = self._http.get(self.url + "/v1/tactician/stats")
         response.raise_for_status()
@@ -283,6 +304,7 @@ class LearnerRun:
     exit_code: int | None
     seconds: float
     last_line: str
+    serving: str | None = None  # the adapter the proxy serves when the next day starts
 
 
 def run_learner(
