@@ -8,6 +8,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
+# PyPI's Linux torch wheel is the CUDA build (gigabytes of NVIDIA libraries); the
+# proxy and the CPU learner need the CPU one, which PyTorch's own index serves as
+# torch==2.13.0+cpu (pip prefers it: a local version label sorts above the plain one).
+ENV PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 COPY requirements.txt requirements-dev.txt ./
 COPY scripts/ scripts/
 RUN scripts/setup

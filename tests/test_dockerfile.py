@@ -37,3 +37,16 @@ def test_dockerfile_mirrors_readme_setup() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "scripts/setup" in text and "scripts/serve" in text
     assert "scripts/serve" in readme and "scripts/test" in readme
+
+
+def test_the_build_context_leaves_out_the_venv_but_not_what_is_copied() -> None:
+    import fnmatch
+
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    assert ".venv" in patterns and ".git" in patterns
+    text = (ROOT / "Dockerfile").read_text()
+    for sources in re.findall(r"^COPY\s+(.+)\s+\S+$", text, flags=re.MULTILINE):
+        for src in sources.split():
+            name = src.rstrip("/")
+            assert not any(fnmatch.fnmatch(name, p) for p in patterns), f"{src} is ignored"
