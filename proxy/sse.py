@@ -139,9 +139,7 @@ class StreamAssembler:
             if not isinstance(index, int) or not isinstance(delta, dict):
                 return
             block = self._anthropic_blocks.setdefault(index, {"type": "text"})
-            if "text" in delta:
-                block["text"] = _concat(block.get("text"), delta["text"])
-            for key in ("partial_json", "thinking", "signature"):
+            for key in ("text", "partial_json", "thinking", "signature"):
                 if key in delta:
                     block[key] = _concat(block.get(key), delta[key])
         elif kind == "message_delta":

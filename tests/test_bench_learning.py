@@ -200,11 +200,12 @@ def test_the_next_day_waits_for_the_published_adapter(tmp_path: Path) -> None:
     """The learner only publishes; the proxy loads in the background. The harness
     starts the next day once the proxy serves the new version, not before."""
     from bench.harness.processes import ProxyProcess
+    from proxy.config import load_config
     from tests.adapters import catalog, publish, random_adapter
 
     with ProxyProcess(tmp_path / "arm", "http://127.0.0.1:9/v1",
                       arm_guidance("both")) as proxy:
-        state = Path(proxy.config["store"]["path"]).with_suffix(".state")
+        state = load_config(proxy.config).state_dir
         assert proxy.wait_adapter() is None  # nothing published: no wait
         publish(state, "v000001", random_adapter(tmp_path / "a.gguf", seed=1),
                 catalog({"alpha": "Alpha"}))
