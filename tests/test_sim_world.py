@@ -168,7 +168,9 @@ def test_shipped_worlds_load(path: Path) -> None:
 def test_own_worlds_differ_from_the_example() -> None:
     worlds = [load_world(p) for p in SHIPPED]
     assert len(worlds) >= 2
-    assert len({len(w.strategies) for w in worlds}) == len(worlds)
+    # Each differs from the example (8 strategies) in how many, and they span several.
+    assert all(len(w.strategies) != 8 for w in worlds)
+    assert len({len(w.strategies) for w in worlds}) >= 4
     for world in worlds:
         assert any(f.turns > 1 for f in world.families)
         first = {world.family(f).domain for f in world.phases[0].mix}
