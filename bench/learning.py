@@ -163,8 +163,9 @@ def print_summary(data: dict[str, Any], report: Report) -> None:
           f"used unprompted: {reach}")
     runs = [run for run in data["retrain"] if run["status"] != "skipped"]
     if data["retrain"] and not runs:
-        print("learner: not run (the proxy never loads an adapter in retrieval-only; "
-              "--learner on forces it)")
+        why = ("the proxy never loads an adapter in retrieval-only"
+               if data["guidance"] == "retrieval-only" else "--learner off")
+        print(f"learner: not run ({why}; --learner on forces it)")
     for run in runs:
         print(f"learner day {run['day'] + 1}: {run['status']} ({run['seconds']:.1f} s, then "
               f"serving {run['serving'] or 'no adapter'}) "

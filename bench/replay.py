@@ -1,14 +1,19 @@
 """Offline replay: the hint engine's memory over a world's stream, without the proxy.
 
-``python -m bench.replay --world FILE [--world FILE ...] [--seeds 8]
+``python -m bench.replay --world FILE [--world FILE ...] [--seeds 8] [--meaning]
 [--set KEY=VALUE ...] [--out replay.json]``
 
 Drives ``proxy.hints.recommend.Recommender`` (what the proxy runs in
-``guidance.mode: retrieval``) task by task, exactly as the proxy would: the hint goes
+``guidance.mode: retrieval``; with ``--meaning``, also the memory by meaning that mode
+``both`` adds, with the real small model's embeddings, but not its LoRA labels) task by
+task, as the proxy would: the hint goes
 into the system prompt through the proxy's own ``inject_hint``, the simulated model
 decides with the spec's rules (``bench.sim.model.decide``), every turn's answer is
 observed and the outcome is posted for the episode before the next task. The control
 arm is the same stream with no hint. The spec's metrics come from ``bench.sim.metrics``.
+With ``--meaning`` it is an upper bound on the proxy: every embedding is there when
+wanted (the proxy waits for one only within ``guidance.budget_ms``, and stores those of
+finished calls from a background thread, dropping some under a backlog).
 
 It takes seconds per world and seed where the real benchmark takes minutes, so the
 engine's rules can be judged over many world seeds (the world's own seed first, then
@@ -25,6 +30,7 @@ import json
 import shlex
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +43,25 @@ from bench.sim.model import TaskRecord, decide, parse_messages, reply_text, task
 from bench.sim.world import Task, World
 from proxy.config import GuidanceConfig, load_config
 from proxy.errors import ConfigError
+from proxy.hints.embedder import Embedder
 from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import Strategy, hint_text
+from proxy.hints.text import Vector
+from proxy.models import default_gguf
 from proxy.payloads import inject_hint
 
 SUMMARY = ("accuracy", "coverage", "uplift", "transfer", "retention", "adaptation")
+Embed = Callable[[str], Vector]
+
+
+def small_model_embeddings(guidance: GuidanceConfig) -> tuple[Embed, int, Embedder]:
+    """The proxy's embedder on the default small model, answered synchronously; it
+    caches every text, so each of a world's texts is embedded once over all seeds."""
+    model = Path(guidance.model_path) if guidance.model_path else default_gguf()
+    embedder = Embedder(model, threads=guidance.threads,
+                        batch_threads=guidance.batch_threads, cache_size=1_000_000)
+    dim = embedder.load()
+    return (lambda text: embedder.submit(text).result()), dim, embedder
 
 
 def messages(world: World, task: Task) -> list[dict[str, str]]:
@@ -62,11 +82,14 @@ def control_arm(world: World) -> list[TaskRecord]:
             for t in world.stream()]
 
 
-def guided_arm(world: World, guidance: GuidanceConfig) -> list[TaskRecord]:
+def guided_arm(world: World, guidance: GuidanceConfig,
+               meaning: tuple[Embed, int] | None = None) -> list[TaskRecord]:
     rec = Recommender(guidance)
+    if meaning is not None:
+        rec.use_meaning(meaning[1])
     records = []
     for task in world.stream():
-        chosen: Strategy | None = rec.recommend(task.text).strategy
+        chosen = choose(rec, task.text, meaning[0] if meaning else None)
         body: dict[str, Any] = {"messages": messages(world, task)}
         if chosen is not None:
             body = inject_hint("/v1/chat/completions", body, hint_text(chosen)) or body
@@ -74,15 +97,28 @@ def guided_arm(world: World, guidance: GuidanceConfig) -> list[TaskRecord]:
         records.append(rec_)
         episode = f"e{task.index}"
         for turn in range(task.turns):
-            rec.observe_call(f"r{task.index}:{turn}", episode, task.text,
-                             reply_text(world, task, rec_.strategy, turn),
-                             hint_text(chosen) if chosen is not None else None)
+            request = f"r{task.index}:{turn}"
+            sid = rec.observe_call(request, episode, task.text,
+                                   reply_text(world, task, rec_.strategy, turn),
+                                   hint_text(chosen) if chosen is not None else None)
+            if sid is not None and meaning is not None:
+                rec.observe_meaning(request, episode, meaning[0](task.text), sid)
         rec.observe_outcome(None, episode, 1.0 if rec_.success else 0.0)
     return records
 
 
-def replay(world: World, guidance: GuidanceConfig) -> Report:
-    return compute(world, ArmLog(control_arm(world)), ArmLog(guided_arm(world, guidance)))
+def choose(rec: Recommender, text: str, embed: Embed | None) -> Strategy | None:
+    """The engine's choice without the LoRA model: words, then (if given) meaning."""
+    by_words = rec.recommend(text)
+    if by_words.skip != "thin_evidence" or embed is None:
+        return by_words.strategy
+    return rec.recommend_by_meaning(embed(text)).strategy
+
+
+def replay(world: World, guidance: GuidanceConfig,
+           meaning: tuple[Embed, int] | None = None) -> Report:
+    return compute(world, ArmLog(control_arm(world)),
+                   ArmLog(guided_arm(world, guidance, meaning)))
 
 
 def summary(report: Report) -> dict[str, float | None]:
@@ -116,11 +152,13 @@ def seeds_of(world: World, count: int) -> list[int]:
     return [world.seed, *(s for s in range(1, count + 1) if s != world.seed)][:count]
 
 
-def run(paths: list[Path], count: int, guidance: GuidanceConfig) -> dict[str, Any]:
+def run(paths: list[Path], count: int, guidance: GuidanceConfig,
+        meaning: tuple[Embed, int] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for path in paths:
         world = load_world(path)
-        rows = {seed: summary(replay(dataclasses.replace(world, seed=seed), guidance))
+        rows = {seed: summary(replay(dataclasses.replace(world, seed=seed), guidance,
+                                     meaning))
                 for seed in seeds_of(world, count)}
         out[world.name] = {"seeds": rows, "mean": mean_row(list(rows.values()))}
     return out
@@ -150,11 +188,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="world seeds per world: its own, then 1, 2, ... (default 8)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a guidance config key")
+    parser.add_argument("--meaning", action="store_true",
+                        help="add mode both's memory by meaning (the small model's "
+                             "embeddings; loads it)")
     parser.add_argument("--out", type=Path, help="write the numbers as JSON")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    results = run(args.world, args.seeds, guidance_config(args.set))
+    guidance = guidance_config(args.set)
+    if args.meaning and not guidance.meaning:
+        parser.error("--meaning with meaning=false: choose one")
+    if args.meaning:
+        embed, dim, embedder = small_model_embeddings(guidance)
+        try:
+            results = run(args.world, args.seeds, guidance, (embed, dim))
+        finally:
+            embedder.close()
+    else:
+        results = run(args.world, args.seeds, guidance)
     print_table(results)
     print("\nlast-phase accuracy and coverage; the rest overall (adaptation: mean of families)")
     print("reproduce: " + shlex.join(["python", "-m", "bench.replay", *argv]))

@@ -91,6 +91,9 @@ class GuidanceConfig:
     explore: Fraction = 0.0
     explore_tries: NonNegativeInt = 1
     explore_after: NonNegativeInt = 40
+    meaning: bool = True
+    meaning_k: PositiveInt = 20
+    meaning_min_similarity: SignedFraction = 0.3
     memory_size: PositiveInt = 50_000
     threads: PositiveInt = 1
     batch_threads: PositiveInt = 2

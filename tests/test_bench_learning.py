@@ -196,6 +196,24 @@ def test_replay_over_seeds_and_overrides(tmp_path: Path,
         replay_main(["--world", str(world), "--set", "no_such_key=1"])
 
 
+def test_replay_with_memory_by_meaning(tmp_path: Path) -> None:
+    """--meaning adds what mode both consults after words, with the real embeddings:
+    where no past task is alike in words, tasks alike in meaning still give hints."""
+    world = tmp_path / "tiny.yaml"
+    world.write_text(TINY_WORLD, encoding="utf-8")
+    out = tmp_path / "replay.json"
+    words_never = ["--world", str(world), "--seeds", "1", "--out", str(out),
+                   "--set", "min_similarity=1"]
+
+    def coverage() -> float:
+        return float(json.loads(out.read_text(encoding="utf-8"))["tiny"]["mean"]["coverage"])
+
+    assert replay_main(words_never) == 0
+    assert coverage() == 0
+    assert replay_main([*words_never, "--meaning"]) == 0
+    assert coverage() > 0.5
+
+
 def test_the_next_day_waits_for_the_published_adapter(tmp_path: Path) -> None:
     """The learner only publishes; the proxy loads in the background. The harness
     starts the next day once the proxy serves the new version, not before."""

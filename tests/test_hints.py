@@ -232,6 +232,51 @@ def test_no_hint_when_every_known_approach_mostly_fails(
                    for r in strategy_upstream.received[-10:])
 
 
+def test_a_new_kind_of_task_gets_the_approach_of_tasks_alike_in_meaning(
+        make_proxy: Callable[..., ProxyHandle], strategy_upstream: StrategyUpstream,
+        tmp_path: Path) -> None:
+    """Mode both, real llama.cpp embeddings, no adapter: count mismatches succeed with
+    alpha, poems with beta. A rail waybill and a retirement verse share no words with
+    either, so memory by words has nothing; memory by meaning names alpha and beta,
+    and again after a restart, rebuilt from the store."""
+    from tests.conftest import proxy_config
+    from tests.test_meaning import RAIL, VERSES, kind_tasks
+
+    cfg = proxy_config(tmp_path, strategy_upstream.url,  # type: ignore[attr-defined]
+                       guidance={"enabled": True, "mode": "both", "holdout": 0.0,
+                                 "budget_ms": 5000})
+    proxy = make_proxy(cfg)
+    c = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
+
+    def send(task: str) -> str:
+        raw = c.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": task}])
+        return raw.headers["x-request-id"]
+
+    for task, answer in kind_tasks():
+        rid = send(task)
+        text = proxy.wait_rows("SELECT response_text FROM calls WHERE request_id = ?", 1,
+                               [rid])[0]["response_text"]
+        works = "alpha" if "alpha" in answer else "beta"
+        httpx.post(f"{proxy.base_url}/outcomes", json={"request_id": rid,
+                                                       "success": works in text})
+    proxy.wait_rows("SELECT * FROM call_outcomes", 24)
+    for restarted in (False, True):
+        if restarted:
+            proxy.server.stop()
+            proxy = make_proxy(cfg)
+            c = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{proxy.url}/healthz").json()["guidance"]["meaning_tasks"] < 24:
+            assert time.monotonic() < deadline, "the embeddings never reached memory"
+            time.sleep(0.1)
+        for task, expected in ((RAIL, "alpha"), (VERSES, "beta")):
+            row = proxy.wait_rows("SELECT * FROM calls WHERE request_id = ?", 1,
+                                  [send(task)])[0]
+            assert row["hint_source"] == "meaning" and expected in row["hint_text"], row
+            assert "alike in meaning" in json.loads(row["hint_stats"])["summary"]
+
+
 # -- the small model, adapters and hot-swap ------------------------------------------------
 @pytest.fixture(scope="module")
 def two_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
@@ -416,12 +461,16 @@ def test_fail_open_on_corrupt_adapter_and_recovery(make_proxy: Callable[..., Pro
     assert "sA method" in ask(proxy)["hint_text"]
 
 
+@pytest.mark.parametrize("mode", ["model", "both"])
 def test_missing_model_fails_open(make_proxy: Callable[..., ProxyHandle],
-                                  tmp_path: Path) -> None:
-    proxy = model_proxy(make_proxy, model_path=str(tmp_path / "missing.gguf"))
+                                  tmp_path: Path, mode: str) -> None:
+    proxy = make_proxy(guidance={"enabled": True, "mode": mode, "holdout": 0.0,
+                                 "model_path": str(tmp_path / "missing.gguf")})
     row = ask(proxy)
     assert row["status"] == 200 and row["hint_skip_reason"] == "model_unavailable"
     assert ask(proxy, stream=True)["status"] == 200
+    guidance = httpx.get(f"{proxy.url}/healthz").json()["guidance"]
+    assert guidance["meaning_tasks"] is None  # no embeddings either: words alone
 
 
 def test_an_adapter_that_does_not_fit_the_base_is_refused_not_run(tmp_path: Path) -> None:

@@ -3,7 +3,9 @@
 For each guided call: find similar past tasks and their outcomes per strategy (memory);
 when that evidence is strong, name the approach it shows working best, or none where
 nothing known works well enough (``recommend.py``); when it is thin — a new kind of
-task — ask the small model (LoRA-trained on past outcomes) which approach fits.
+task — look for tasks alike in meaning (the small model's embeddings, ``embedder.py``)
+and, failing that, ask the small model (LoRA-trained on past outcomes) which approach
+fits.
 Everything it does is recorded on the call, and any failure leaves the call unguided:
 the engine fails open.
 """
@@ -16,15 +18,18 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from proxy.calls import Call
 from proxy.config import Config
 from proxy.hints.adapters import AdapterWatcher
+from proxy.hints.embedder import BACKGROUND, RELOAD, URGENT, Embedder
 from proxy.hints.llm import SmallModel
 from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
-from proxy.hints.text import normalize
+from proxy.hints.text import Vector, normalize
 from proxy.models import default_gguf
 from proxy.recorder import Recorder
 from proxy.store import Store
@@ -32,6 +37,10 @@ from proxy.store import Store
 log = logging.getLogger("tactician.hints")
 
 MAX_MODEL_BACKLOG = 2  # beyond this, a new request would only wait: skip instead
+# Finished calls waiting for their embedding (~65 ms each): a burst faster than that
+# is caught up with later, up to ~4 minutes behind; beyond, memory by meaning skips
+# some (it is a sample, not a record) rather than fall ever further behind the traffic.
+MAX_EMBED_BACKLOG = 4096
 
 
 class HintEngine:
@@ -42,6 +51,7 @@ class HintEngine:
         self.recorder = recorder
         self.recommender = Recommender(self.cfg)
         self.model: SmallModel | None = None
+        self.embedder: Embedder | None = None
         self.watcher: AdapterWatcher | None = None
         # Labels are cached by the worker thread's callback and read on the event loop.
         self._labels: OrderedDict[str, tuple[str, str]] = OrderedDict()
@@ -53,11 +63,13 @@ class HintEngine:
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self.recommender.memory.prefault)
+        path = (self.config.resolve(self.cfg.model_path) if self.cfg.model_path
+                else default_gguf())
+        if self.cfg.mode == "both" and self.cfg.meaning:
+            await self._start_embedder(path)
         await asyncio.to_thread(self._load_history)
         if self.cfg.mode == "retrieval":
             return
-        path = (self.config.resolve(self.cfg.model_path) if self.cfg.model_path
-                else default_gguf())
         self.model = SmallModel(path, threads=self.cfg.threads,
                                 batch_threads=self.cfg.batch_threads,
                                 max_tokens=self.cfg.max_hint_tokens)
@@ -65,9 +77,25 @@ class HintEngine:
                                       poll_s=self.cfg.adapter_poll_ms / 1000)
         self.watcher.start()
 
+    async def _start_embedder(self, path: Path) -> None:
+        embedder = Embedder(path, threads=self.cfg.threads,
+                            batch_threads=self.cfg.batch_threads,
+                            cache_size=self.cfg.cache_size)
+        try:
+            dim = await asyncio.to_thread(embedder.load)
+        except Exception:  # a missing or broken llama_cpp or model file, ...
+            # Fail open: memory by words and the small model's labels still work.
+            log.exception("embeddings unavailable: no memory by meaning")
+            await asyncio.to_thread(embedder.close)
+            return
+        self.embedder = embedder
+        self.recommender.use_meaning(dim)
+
     async def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        if self.embedder is not None:
+            await asyncio.to_thread(self.embedder.close)
         if self.model is not None:
             await asyncio.to_thread(self.model.close)
 
@@ -83,21 +111,46 @@ class HintEngine:
             [self.cfg.memory_size],
         )
         rec = self.recommender
-        for row in reversed(rows):
-            rec.observe_call(row["request_id"], row["episode_id"], row["task_text"],
-                             row["response_text"], row["hint_text"])
+        # Only the most recent calls that memory by meaning keeps are embedded again,
+        # at the lowest priority (minutes of work), each outcome going in with its vector.
+        embed_from = len(rows) - rec.meaning.capacity if rec.meaning is not None else 0
+        for i, row in enumerate(reversed(rows)):
             value = _outcome_value(row["success"], row["score"])
+            self._observe(row["request_id"], row["episode_id"], row["task_text"],
+                          row["response_text"], row["hint_text"],
+                          RELOAD if i >= embed_from else None, value)
             if value is not None:
-                rec.observe_outcome(row["request_id"], None, value)
+                rec.observe_outcome(row["request_id"], None, value, meaning=False)
         log.info("hint memory: %d tasks, %d strategies", len(rec.memory), len(rec.catalog))
 
     # -- observations --------------------------------------------------------------
     def observe_call(self, row: dict[str, Any]) -> None:
         if row.get("status") != 200 or not row.get("task_text"):
             return
-        self.recommender.observe_call(row["request_id"], row["episode_id"],
-                                      row["task_text"], row.get("response_text"),
-                                      row.get("hint_text"))
+        self._observe(row["request_id"], row["episode_id"], row["task_text"],
+                      row.get("response_text"), row.get("hint_text"))
+
+    def _observe(self, request_id: str, episode_id: str, task: str, response: str | None,
+                 hint: str | None, embed: int | None = BACKGROUND,
+                 outcome: float | None = None) -> None:
+        """Into memory by words now; into memory by meaning once embedded at priority
+        ``embed`` (None: not at all), with ``outcome`` when it is already known."""
+        rec = self.recommender
+        sid = rec.observe_call(request_id, episode_id, task, response, hint)
+        embedder = self.embedder
+        if sid is None or embedder is None or embed is None:
+            return
+        if embed == BACKGROUND and embedder.pending(BACKGROUND) >= MAX_EMBED_BACKLOG:
+            self.counters["meaning:dropped"] += 1
+            return
+
+        def store(future: Future[Vector]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                rec.observe_meaning(request_id, episode_id, future.result(), sid)
+                if outcome is not None and rec.meaning is not None:
+                    rec.meaning.set_outcome(request_id, None, outcome)
+
+        embedder.submit(task, embed).add_done_callback(store)
 
     def observe_outcome(self, row: dict[str, Any]) -> None:
         value = _outcome_value(row.get("success"), row.get("score"))
@@ -157,6 +210,9 @@ class HintEngine:
             # firm evidence that none works, it has nothing better to offer.
             g["hint_skip_reason"] = rec.skip
             return None
+        meant = await self._by_meaning(call, task, start)
+        if meant is not None:
+            return meant
         voted = await self._from_model(call, task, start)
         if voted is None:
             return None
@@ -164,6 +220,46 @@ class HintEngine:
         if chosen is not voted:
             g["hint_source"] = "model_outvoted"
         return chosen
+
+    async def _by_meaning(self, call: Call, task: str, start: float) -> Strategy | None:
+        """Evidence from the tasks nearest in meaning, if the embedding comes in time."""
+        embedder, meaning = self.embedder, self.recommender.meaning
+        if embedder is None or meaning is None:
+            return None
+        g = call.guidance
+        vec = embedder.cached(task)
+        if vec is None:
+            vec = await self._embed_now(embedder, task, start)
+        if vec is None:
+            return None
+        rec = self.recommender.recommend_by_meaning(vec)
+        if rec.strategy is None:
+            self.counters[f"meaning:{rec.skip}"] += 1
+            return None
+        g["hint_source"] = rec.source
+        g["hint_stats"] = rec.stats_json
+        return rec.strategy
+
+    async def _embed_now(self, embedder: Embedder, task: str,
+                         start: float) -> Vector | None:
+        """The task's embedding within what is left of the budget, else None (it is
+        finished in the background all the same, and cached for the call's record)."""
+        if embedder.pending(URGENT) >= MAX_MODEL_BACKLOG:
+            self.counters["meaning:busy"] += 1
+            return None
+        remaining = self.cfg.budget_ms / 1000 - (time.perf_counter() - start)
+        future = embedder.submit(task, URGENT)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
+                                          max(remaining, 0.001))
+        except TimeoutError:
+            self.counters["meaning:budget"] += 1
+        except asyncio.CancelledError:
+            if not future.cancelled():  # the call itself was cancelled
+                raise
+        except Exception:  # fail open to the small model's label
+            log.exception("embedding failed")
+        return None
 
     async def _from_model(self, call: Call, task: str, start: float) -> Strategy | None:
         g = call.guidance
@@ -228,6 +324,8 @@ class HintEngine:
             "mode": self.cfg.mode,
             "adapter_version": loaded.version if loaded else None,
             "memory_tasks": len(self.recommender.memory),
+            "meaning_tasks": (len(self.recommender.meaning)
+                              if self.recommender.meaning is not None else None),
             "strategies": len(self.recommender.catalog),
             "hints": dict(self.counters),
             "watcher": self.watcher.status() if self.watcher else None,

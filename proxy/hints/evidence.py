@@ -183,9 +183,10 @@ def estimates(stats: dict[str, StrategyStats]) -> dict[str, float]:
             for s in tried}
 
 
-def describe(stats: dict[str, StrategyStats], labels: dict[str, str], limit: int = 4) -> str:
+def describe(stats: dict[str, StrategyStats], labels: dict[str, str],
+             kind: str = "similar tasks", limit: int = 4) -> str:
     """One line of evidence, e.g. "38 similar tasks; 'x' succeeded 33/38, 'y' 2/9"."""
     total = sum(s.n for s in stats.values())
     top = sorted(stats.values(), key=lambda s: (-s.mean, -s.n))[:limit]
     parts = [f"'{labels.get(s.sid, s.sid)}' succeeded {s.wins:g}/{s.n}" for s in top]
-    return f"{total} similar tasks; " + ", ".join(parts)
+    return f"{total} {kind}; " + ", ".join(parts)

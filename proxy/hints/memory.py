@@ -68,7 +68,12 @@ class TaskMemory:
         continue the same task, so only the first is kept)."""
         with self._lock:
             if episode_id in self._by_episode:
-                self._by_request[request_id] = self._by_episode[episode_id]
+                idx = self._by_episode[episode_id]
+                self._by_request[request_id] = idx
+                early = self._early.pop(request_id, math.nan)  # this call's, come first
+                slot = self._slots[idx]
+                if slot is not None and not math.isnan(early):
+                    slot.success = early
                 return
             idx = self._next
             self._next = (self._next + 1) % self.capacity
@@ -111,8 +116,12 @@ class TaskMemory:
         renames = renames or {}
         with self._lock:
             # Only the filled columns: the matrix is allocated at full capacity up front.
+            filled = min(self._seq, self.capacity)
             used = np.flatnonzero(vec)
-            sims = vec[used] @ self._vectors[used, : min(self._seq, self.capacity)]
+            if len(used) == self.dim:  # a dense vector (embeddings): no row gather
+                sims = vec @ self._vectors[:, :filled]
+            else:
+                sims = vec[used] @ self._vectors[used, :filled]
             if len(sims) == 0:
                 return []
             top = min(len(sims), 8 * k)

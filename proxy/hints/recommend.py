@@ -13,18 +13,22 @@ from dataclasses import dataclass, field
 
 from proxy.config import GuidanceConfig
 from proxy.hints import evidence
+from proxy.hints.meaning import MeaningMemory
 from proxy.hints.memory import TaskMemory
 from proxy.hints.strategies import Strategy, StrategyCatalog
-from proxy.hints.text import Vectorizer
+from proxy.hints.text import Vector, Vectorizer
 
 VECTOR_DIM = 512
 KNOWN_CHANGES = 1024  # detected changes remembered for hysteresis, most recent kept
+# Tasks kept by meaning: their vectors are dense (every dimension), so a query reads the
+# whole matrix; the most recent 10k cost ~1 ms a query and 23 MB at 576 dimensions.
+MEANING_CAPACITY = 10_000
 
 
 @dataclass(frozen=True)
 class Recommendation:
     strategy: Strategy | None
-    source: str | None  # "retrieval" | "explore", when there is a strategy
+    source: str | None  # "retrieval" | "explore" | "meaning", when there is a strategy
     stats_json: str | None  # the evidence, as recorded on the call
     stats: dict[str, evidence.StrategyStats] = field(default_factory=dict)
     # Why there is none: "thin_evidence" (too few outcomes among similar tasks: ask the
@@ -42,18 +46,34 @@ class Recommender:
         # A change is detected in one neighbourhood's outcomes and held while they
         # still show it; keyed by the outcome it starts at, so it applies nowhere else.
         self._changes: OrderedDict[evidence.Change, None] = OrderedDict()
+        self.meaning: MeaningMemory | None = None
+
+    def use_meaning(self, dim: int) -> None:
+        """Keep tasks by meaning too (embeddings of ``dim`` dimensions, supplied by the
+        caller through ``observe_meaning``), for ``recommend_by_meaning``."""
+        self.meaning = MeaningMemory(dim, min(MEANING_CAPACITY, self.cfg.memory_size))
 
     def observe_call(self, request_id: str, episode_id: str, task: str,
-                     response: str | None, hint: str | None = None) -> None:
-        """A finished call; ``hint`` is its recorded ``hint_text``, if it had one."""
+                     response: str | None, hint: str | None = None) -> str | None:
+        """A finished call; ``hint`` is its recorded ``hint_text``, if it had one.
+        Returns the strategy its answer used, if one is recognised."""
         sid = self.catalog.assign(response)
         if sid is not None:
             self.memory.add(request_id, episode_id, self.vectorizer.vector(task), sid)
             self.catalog.observe_recorded_hint(hint, sid)
+        return sid
+
+    def observe_meaning(self, request_id: str, episode_id: str, embedding: Vector,
+                        sid: str) -> None:
+        """The embedding of a call's task, once computed (``observe_call`` gave sid)."""
+        if self.meaning is not None:
+            self.meaning.add(request_id, episode_id, embedding, sid)
 
     def observe_outcome(self, request_id: str | None, episode_id: str | None,
-                        value: float) -> None:
+                        value: float, *, meaning: bool = True) -> None:
         self.memory.set_outcome(request_id, episode_id, value)
+        if meaning and self.meaning is not None:
+            self.meaning.set_outcome(request_id, episode_id, value)
 
     def recommend(self, task: str) -> Recommendation:
         obs = self.memory.neighbours(self.vectorizer.vector(task), self.cfg.similar_k,
@@ -76,6 +96,25 @@ class Recommender:
             if pick is not None:
                 return Recommendation(pick, "explore", stats_json, stats)
         return Recommendation(self.catalog.get(best.sid), "retrieval", stats_json, stats)
+
+    def recommend_by_meaning(self, embedding: Vector) -> Recommendation:
+        """Where words find too little evidence: the same judgement over the tasks
+        nearest in meaning. Only a firm answer counts (``min_evidence`` outcomes, a best
+        approach at ``min_success`` or more); there is no exploring and no change
+        detection here, since these neighbours are other kinds of task by definition."""
+        if self.meaning is None:
+            return Recommendation(None, None, None, skip="thin_evidence")
+        obs = self.meaning.neighbours(embedding, self.cfg.meaning_k,
+                                      self.cfg.meaning_min_similarity,
+                                      self.catalog.renames())
+        stats = evidence.summarize(obs, self.meaning.seq, self.cfg.half_life)
+        stats_json = self._stats_json(stats, "tasks alike in meaning") if stats else None
+        best = evidence.best(stats, self.cfg.min_evidence, self.cfg.optimism)
+        if best is None:
+            return Recommendation(None, None, stats_json, stats, "thin_evidence")
+        if max(evidence.estimates(stats).values()) < self.cfg.min_success:
+            return Recommendation(None, None, stats_json, stats, "low_success")
+        return Recommendation(self.catalog.get(best.sid), "meaning", stats_json, stats)
 
     def _when_nothing_works(self, stats: dict[str, evidence.StrategyStats],
                             stats_json: str | None,
@@ -116,9 +155,10 @@ class Recommender:
             return None
         return min(known, key=lambda s: (tried(s), self.rng.random()))
 
-    def _stats_json(self, stats: dict[str, evidence.StrategyStats]) -> str:
+    def _stats_json(self, stats: dict[str, evidence.StrategyStats],
+                    kind: str = "similar tasks") -> str:
         labels = {sid: s.label for sid in stats if (s := self.catalog.get(sid))}
         return json.dumps({
-            "summary": evidence.describe(stats, labels),
+            "summary": evidence.describe(stats, labels, kind),
             "strategies": {labels.get(k, k): [v.wins, v.n] for k, v in stats.items()},
         })

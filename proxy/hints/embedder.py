@@ -1,0 +1,153 @@
+"""The small model's sentence embeddings, for finding tasks alike in meaning.
+
+Words find tasks that share vocabulary; a new kind of task that shares an approach but
+not the wording of an old one (a rail waybill that "does not match its load" against a
+ship's manifest that "lists 412 boxes") has no neighbours by words. The base model's
+mean-pooled hidden states place such tasks nearer than unrelated ones, at ~65 ms per
+short task on two threads, so embeddings are computed on their own worker thread,
+cached by the task's normalized text, and waited for only within the hint budget. A call
+waiting for its hint goes before the finished calls queued for the memory: behind
+them it would wait past its budget.
+
+A second llama.cpp context (base weights, no adapter: an adapter trained for labels
+would move the space under the stored vectors), used only on its worker thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from proxy.hints.text import Vector, normalize
+
+log = logging.getLogger("tactician.hints.embedder")
+
+MAX_TOKENS = 128  # a task's opening is enough to place it; cost grows with length
+# Who waits: a call for its hint, the memory for a finished call, the memory for the
+# history reloaded at start-up (minutes of work, which must not hold up either).
+URGENT, BACKGROUND, RELOAD = 0, 1, 2
+_STOP = -1  # before anything queued: close() cancels the rest
+
+Job = tuple[int, int, Callable[[], object] | None, "Future[Any] | None"]
+
+
+class Embedder:
+    def __init__(self, model_path: Path, *, threads: int, batch_threads: int,
+                 cache_size: int) -> None:
+        self.model_path = model_path
+        self.threads = threads
+        self.batch_threads = batch_threads
+        self.cache_size = cache_size
+        self.dim = 0  # known once loaded
+        self._llama: Any = None
+        self._cache: OrderedDict[str, Vector] = OrderedDict()
+        self._lock = threading.Lock()
+        self._waiting = [0, 0, 0]  # jobs queued, per priority
+        self._closed = False
+        self._jobs: queue.PriorityQueue[Job] = queue.PriorityQueue()
+        self._order = itertools.count()  # FIFO within a priority
+        self._thread = threading.Thread(target=self._work, name="embedder", daemon=True)
+        self._thread.start()
+
+    def load(self) -> int:
+        """Build the context on the worker thread (blocking); the embeddings' size."""
+        self._run(URGENT, self._model).result()
+        return self.dim
+
+    def pending(self, priority: int) -> int:
+        """Jobs of this priority waiting for the worker."""
+        return self._waiting[priority]
+
+    def cached(self, text: str) -> Vector | None:
+        key = normalize(text)
+        with self._lock:
+            vec = self._cache.get(key)
+            if vec is not None:
+                self._cache.move_to_end(key)
+            return vec
+
+    def submit(self, text: str, priority: int = BACKGROUND) -> Future[Vector]:
+        """The text's embedding (raw, not normalized), from the cache when it is there."""
+        vec = self.cached(text)
+        if vec is not None:
+            done: Future[Vector] = Future()
+            done.set_result(vec)
+            return done
+        return self._run(priority, lambda: self._embed(text))
+
+    def _run(self, priority: int, fn: Callable[[], Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._lock:
+            if self._closed:
+                future.cancel()
+                return future
+            self._waiting[priority] += 1
+            self._jobs.put((priority, next(self._order), fn, future))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            priority, _, fn, future = self._jobs.get()
+            if fn is None or future is None:
+                return
+            with self._lock:
+                self._waiting[priority] -= 1
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except Exception as exc:  # noqa: BLE001 - handed to whoever waits on it
+                future.set_exception(exc)
+
+    def _embed(self, text: str) -> Vector:
+        vec = self.cached(text)  # queued twice before the first finished
+        if vec is None:
+            vec = np.asarray(self._model().embed(text), dtype=np.float32)
+            if not np.isfinite(vec).all():
+                raise ValueError("the model gave a non-finite embedding")
+            with self._lock:
+                self._cache[normalize(text)] = vec
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return vec
+
+    def _model(self) -> Any:
+        if self._llama is None:
+            import llama_cpp  # noqa: PLC0415 - heavy, off the import path
+
+            if not self.model_path.is_file():
+                raise FileNotFoundError(f"small model not found: {self.model_path}")
+            self._llama = llama_cpp.Llama(
+                model_path=str(self.model_path), embedding=True,
+                pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                n_ctx=MAX_TOKENS, n_batch=MAX_TOKENS, n_ubatch=MAX_TOKENS,
+                n_threads=self.threads, n_threads_batch=self.batch_threads,
+                seed=0, verbose=False,
+            )
+            self.dim = int(self._llama.n_embd())
+            log.info("embeddings ready: %s (%d dimensions)", self.model_path.name, self.dim)
+        return self._llama
+
+    def close(self) -> None:
+        """Finish the embedding under way, cancel the queued ones, release the model."""
+        with self._lock:
+            self._closed = True  # nothing more is queued after the stop
+            self._jobs.put((_STOP, next(self._order), None, None))
+        self._thread.join()
+        while not self._jobs.empty():
+            _, _, _, future = self._jobs.get_nowait()
+            if future is not None:
+                future.cancel()
+        self._waiting = [0, 0, 0]
+        llama, self._llama = self._llama, None
+        if llama is not None:
+            llama.close()
