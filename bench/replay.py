@@ -55,8 +55,9 @@ Embed = Callable[[str], Vector]
 
 
 def small_model_embeddings(guidance: GuidanceConfig) -> tuple[Embed, int, Embedder]:
-    """The proxy's embedder on the default small model, answered synchronously; it
-    caches every text, so each of a world's texts is embedded once over all seeds."""
+    """The proxy's embedder on ``guidance.model_path`` (default: the wheel's GGUF),
+    answered synchronously; it caches every text, so each of a world's texts is
+    embedded once over all seeds."""
     model = Path(guidance.model_path) if guidance.model_path else default_gguf()
     embedder = Embedder(model, threads=guidance.threads,
                         batch_threads=guidance.batch_threads, cache_size=1_000_000)
