@@ -146,9 +146,7 @@ class HintEngine:
 
         def store(future: Future[Vector]) -> None:
             if not future.cancelled() and future.exception() is None:
-                rec.observe_meaning(request_id, episode_id, future.result(), sid)
-                if outcome is not None and rec.meaning is not None:
-                    rec.meaning.set_outcome(request_id, None, outcome)
+                rec.observe_meaning(request_id, episode_id, future.result(), sid, outcome)
 
         embedder.submit(task, embed).add_done_callback(store)
 

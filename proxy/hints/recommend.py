@@ -64,10 +64,13 @@ class Recommender:
         return sid
 
     def observe_meaning(self, request_id: str, episode_id: str, embedding: Vector,
-                        sid: str) -> None:
-        """The embedding of a call's task, once computed (``observe_call`` gave sid)."""
+                        sid: str, outcome: float | None = None) -> None:
+        """The embedding of a call's task, once computed (``observe_call`` gave sid),
+        with the call's outcome when that is already known (history at start-up)."""
         if self.meaning is not None:
             self.meaning.add(request_id, episode_id, embedding, sid)
+            if outcome is not None:
+                self.meaning.set_outcome(request_id, None, outcome)
 
     def observe_outcome(self, request_id: str | None, episode_id: str | None,
                         value: float, *, meaning: bool = True) -> None:
@@ -86,11 +89,11 @@ class Recommender:
                 self._changes.popitem(last=False)
         stats = evidence.summarize(obs, self.memory.seq, self.cfg.half_life, change)
         stats_json = self._stats_json(stats) if stats else None
-        best = evidence.best(stats, self.cfg.min_evidence, self.cfg.optimism)
-        if best is None:
-            return Recommendation(None, None, stats_json, stats, "thin_evidence")
-        if max(evidence.estimates(stats).values()) < self.cfg.min_success:
+        best, skip = self._firm_best(stats)
+        if skip == "low_success":
             return self._when_nothing_works(stats, stats_json, change)
+        if best is None:
+            return Recommendation(None, None, stats_json, stats, skip)
         if self.rng.random() < self.cfg.explore:
             pick = self._least_tried(stats)
             if pick is not None:
@@ -109,12 +112,22 @@ class Recommender:
                                       self.catalog.renames())
         stats = evidence.summarize(obs, self.meaning.seq, self.cfg.half_life)
         stats_json = self._stats_json(stats, "tasks alike in meaning") if stats else None
+        best, skip = self._firm_best(stats)
+        if best is None:
+            return Recommendation(None, None, stats_json, stats, skip)
+        return Recommendation(self.catalog.get(best.sid), "meaning", stats_json, stats)
+
+    def _firm_best(self, stats: dict[str, evidence.StrategyStats],
+                   ) -> tuple[evidence.StrategyStats | None, str | None]:
+        """The strategy the evidence names, or why none: "thin_evidence" (fewer than
+        ``min_evidence`` outcomes) or "low_success" (none estimated to succeed
+        ``min_success`` of the time)."""
         best = evidence.best(stats, self.cfg.min_evidence, self.cfg.optimism)
         if best is None:
-            return Recommendation(None, None, stats_json, stats, "thin_evidence")
+            return None, "thin_evidence"
         if max(evidence.estimates(stats).values()) < self.cfg.min_success:
-            return Recommendation(None, None, stats_json, stats, "low_success")
-        return Recommendation(self.catalog.get(best.sid), "meaning", stats_json, stats)
+            return None, "low_success"
+        return best, None
 
     def _when_nothing_works(self, stats: dict[str, evidence.StrategyStats],
                             stats_json: str | None,
