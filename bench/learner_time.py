@@ -1,7 +1,7 @@
 """Wall time of a nightly learner run on N recorded trajectories.
 
     python -m bench.learner_time [--world FILE] [--trajectories 2000] [--then 300]
-                                 [--out F] [--keep]
+                                 [--out F] [--keep | --record-only]
 
 Records N tasks of a world (default office-ops) through the real proxy (``python -m
 proxy``, guided, retrieval-only), with their outcomes posted to the webhook, so the store
@@ -12,6 +12,9 @@ export, verify, gate, publish) and what the training managed within its time bud
 That first run has no adapter to continue, so it trains from scratch. With ``--then M``
 another M tasks (the next day) are recorded and the job runs again: the usual night,
 which continues the adapter the first run published.
+
+``--record-only`` stops after recording and keeps the store, so that the same job can be
+timed on another machine (a GPU one) with ``python -m learner train --config`` on it.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="seconds before the learner job is killed")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the store and logs")
+    parser.add_argument("--record-only", action="store_true",
+                        help="record the trajectories, keep the store, run no job")
     return parser.parse_args(argv)
 
 
@@ -100,6 +105,9 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             ProxyProcess(workdir / "proxy", server.base_url, arm_guidance("retrieval")) as proxy:
         first = server.tasks[: args.trajectories]
         errors = len(record(first, proxy, server).errors)
+        if args.record_only:
+            return {"world": world.name, "trajectories": len(first),
+                    "recording_errors": errors, "config": str(proxy.config_path)}
         result = {"world": world.name, "trajectories": len(first),
                   **nightly_job(proxy, workdir / "learner.log", args.timeout)}
         if args.then:
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = measure(args, workdir)
     finally:
-        if args.keep:
+        if args.keep or args.record_only:
             print(f"store and logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -155,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     result["command"] = command
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.record_only:
+        print(f"recorded {result['trajectories']} trajectories ({result['recording_errors']} "
+              f"errors); the job: python -m learner train --config {result['config']}")
+        return 0 if result["recording_errors"] == 0 else 1
     print_summary(result, command)
     jobs = [result, result.get("next_night") or result]
     return 0 if all(job["learner"]["status"] == "ok" for job in jobs) else 1

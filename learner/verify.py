@@ -68,7 +68,7 @@ def peft_generate(model: Any, tokenizer: Any, prompt: str, max_tokens: int) -> s
     """Greedy completion with a transformers/PEFT model, special tokens stripped."""
     import torch  # noqa: PLC0415
 
-    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    enc = _encode_on(model, tokenizer, prompt)
     with torch.no_grad():
         out = model.generate(
             input_ids=enc["input_ids"],
@@ -85,10 +85,17 @@ def peft_last_logits(model: Any, tokenizer: Any, prompt: str) -> npt.NDArray[np.
     """Next-token logits after ``prompt`` from a transformers/PEFT model."""
     import torch  # noqa: PLC0415
 
-    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    enc = _encode_on(model, tokenizer, prompt)
     with torch.no_grad():
         logits = model(**enc).logits[0, -1]
-    return np.asarray(logits.float().numpy(), dtype=np.float32)
+    return np.asarray(logits.float().cpu().numpy(), dtype=np.float32)
+
+
+def _encode_on(model: Any, tokenizer: Any, prompt: str) -> dict[str, Any]:
+    """The prompt's token ids on the model's device (the GPU after an Unsloth run)."""
+    device = next(model.parameters()).device
+    enc = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    return {key: value.to(device) for key, value in enc.items()}
 
 
 def normalize(text: str) -> str:

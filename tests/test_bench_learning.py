@@ -178,6 +178,38 @@ def test_learner_time_records_then_times_two_nightly_runs(
     assert "reproduce: python -m bench.learner_time" in capsys.readouterr().out
 
 
+def test_learner_time_record_only_keeps_a_store_for_the_job_elsewhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    from bench import learner_time
+    from learner import publish
+    from proxy.config import load_config
+    from proxy.store import open_for_reading
+
+    world = tmp_path / "tiny.yaml"
+    world.write_text(TINY_WORLD, encoding="utf-8")
+    out = tmp_path / "rec.json"
+    argv = ["--world", str(world), "--trajectories", "30", "--record-only", "--out", str(out)]
+    assert learner_time.main(argv) == 0
+    result = json.loads(out.read_text())
+    config_path = Path(result["config"])
+    try:
+        assert result["trajectories"] == 30 and result["recording_errors"] == 0
+        assert f"python -m learner train --config {config_path}" in capsys.readouterr().out
+        config = load_config(config_path)
+        assert publish.recent_runs(config.state_dir) == []  # no job ran
+        store = open_for_reading(config.store_path)
+        try:
+            calls = store.query("SELECT count(DISTINCT episode_id) AS n FROM calls")
+        finally:
+            store.close()
+        assert calls[0]["n"] == 30
+    finally:
+        shutil.rmtree(config_path.parents[1], ignore_errors=True)
+
+
 def test_replay_over_seeds_and_overrides(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     world = tmp_path / "tiny.yaml"
