@@ -14,7 +14,8 @@ another M tasks (the next day) are recorded and the job runs again: the usual ni
 which continues the adapter the first run published.
 
 ``--record-only`` stops after recording and keeps the store, so that the same job can be
-timed on another machine (a GPU one) with ``python -m learner train --config`` on it.
+timed on another machine (a GPU one) with ``python -m learner train --config`` on it; the
+kept yaml names the store by its absolute path, so point ``store.path`` at the copy.
 """
 
 from __future__ import annotations
@@ -56,10 +57,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=3600.0,
                         help="seconds before the learner job is killed")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON")
-    parser.add_argument("--keep", action="store_true", help="keep the store and logs")
-    parser.add_argument("--record-only", action="store_true",
-                        help="record the trajectories, keep the store, run no job")
-    return parser.parse_args(argv)
+    keep = parser.add_mutually_exclusive_group()
+    keep.add_argument("--keep", action="store_true", help="keep the store and logs")
+    keep.add_argument("--record-only", action="store_true",
+                      help="record the trajectories, keep the store, run no job")
+    args = parser.parse_args(argv)
+    if args.record_only and args.then:
+        parser.error("--then times a second night: it needs the first, not --record-only")
+    return args
 
 
 def sized(world: World, trajectories: int) -> World:

@@ -130,13 +130,16 @@ def hf_checkpoint_dir(gguf_path: Path, cache_root: Path) -> Path:
     """Materialise the GGUF's dequantized weights as a regular HF checkpoint directory.
 
     Backends that cannot read GGUF (Unsloth) load this directory, so they train on exactly
-    the weights the CPU path and llama.cpp use. Keyed by the GGUF's sha256, built once.
+    the weights the CPU path and llama.cpp use. Keyed by the GGUF's sha256, built once;
+    building it removes the checkpoints of other bases (one base is served at a time).
     """
     cache_root.mkdir(parents=True, exist_ok=True)
     digest = sha256_file(gguf_path, cache_root)
     target = cache_root / f"hf-{digest[:16]}"
     if (target / "config.json").is_file():
         return target
+    for stale in cache_root.glob("hf-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     model, tokenizer = load_hf_model(gguf_path)
     staging = Path(tempfile.mkdtemp(dir=cache_root, prefix=".hf-staging-"))
     try:

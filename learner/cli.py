@@ -187,8 +187,11 @@ class Cycle:
         say(f"training from scratch on {len(examples)} examples" if start is None else
             f"continuing {start.version} on {len(examples)} examples (new since its data "
             "window, plus older ones rehearsed)")
+        # The Unsloth backend's dequantized checkpoint (~540 MB) outlives the run's work
+        # folder, so it is built once per base, not every night.
         return examples, replace(SETTINGS, max_steps=steps, max_seconds=budget,
-                                 num_threads=self.config.learner.threads)
+                                 num_threads=self.config.learner.threads,
+                                 cache_dir=self.config.state_dir / "cache")
 
     def _base_sha256(self, base: Path) -> str:
         from learner.basemodel import sha256_file  # noqa: PLC0415

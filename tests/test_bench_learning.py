@@ -192,10 +192,11 @@ def test_learner_time_record_only_keeps_a_store_for_the_job_elsewhere(
     world.write_text(TINY_WORLD, encoding="utf-8")
     out = tmp_path / "rec.json"
     argv = ["--world", str(world), "--trajectories", "30", "--record-only", "--out", str(out)]
-    assert learner_time.main(argv) == 0
+    code = learner_time.main(argv)
     result = json.loads(out.read_text())
     config_path = Path(result["config"])
     try:
+        assert code == 0
         assert result["trajectories"] == 30 and result["recording_errors"] == 0
         assert f"python -m learner train --config {config_path}" in capsys.readouterr().out
         config = load_config(config_path)

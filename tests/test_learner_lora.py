@@ -102,6 +102,20 @@ def test_default_base_is_packaged_and_hash_is_cached(tmp_path: Path) -> None:
     assert sha256_file(base, tmp_path) == expected
 
 
+def test_hf_checkpoint_is_built_once_and_replaces_other_bases(tmp_path: Path) -> None:
+    from learner.basemodel import hf_checkpoint_dir
+
+    stale = tmp_path / "hf-0123456789abcdef"  # another base's checkpoint
+    stale.mkdir()
+    (stale / "config.json").write_text("{}")
+    first = hf_checkpoint_dir(default_base_gguf(), tmp_path)
+    assert (first / "config.json").is_file() and (first / "model.safetensors").is_file()
+    assert not stale.exists()
+    built = (first / "model.safetensors").stat().st_mtime_ns
+    assert hf_checkpoint_dir(default_base_gguf(), tmp_path) == first
+    assert (first / "model.safetensors").stat().st_mtime_ns == built
+
+
 def test_permutation_is_inverse_of_transformers_unpermute() -> None:
     from transformers.modeling_gguf_pytorch_utils import LlamaTensorProcessor
 

@@ -331,6 +331,19 @@ def test_training_gets_what_the_run_budget_leaves(tmp_path: Path) -> None:
     assert budget(100, 20, 90, 40) == 20
 
 
+def test_the_unsloth_checkpoint_is_cached_in_the_state_folder(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from learner.cli import Cycle
+    from learner.train import Example
+
+    config = load_config({"store": {"path": str(tmp_path / "t.duckdb")}})
+    dataset = SimpleNamespace(train=[Example("p", "c")] * 3)
+    _, settings = Cycle(config)._plan(dataset, None, 60.0)  # type: ignore[arg-type]
+    # Not under the run's work folder, which is deleted after every run.
+    assert settings.cache_dir == config.state_dir / "cache"
+
+
 def test_bad_config_is_a_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("learner: {max_train_secs: 3}\n")
