@@ -65,9 +65,15 @@ SPEC_METRICS = (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def run_bench(tmp_path: Path, *extra: str) -> dict[str, Any]:
-    world = tmp_path / "tiny.yaml"
+def tiny_world(directory: Path) -> Path:
+    """TINY_WORLD as the YAML file the benchmark commands take."""
+    world = directory / "tiny.yaml"
     world.write_text(TINY_WORLD, encoding="utf-8")
+    return world
+
+
+def run_bench(tmp_path: Path, *extra: str) -> dict[str, Any]:
+    world = tiny_world(tmp_path)
     out, png = tmp_path / "report.json", tmp_path / "curves.png"
     argv = ["--world", str(world), "--out", str(out), "--plot", str(png), *extra]
     assert main(argv) == 0
@@ -158,8 +164,7 @@ def test_learner_time_records_then_times_two_nightly_runs(
 ) -> None:
     from bench import learner_time
 
-    world = tmp_path / "tiny.yaml"
-    world.write_text(TINY_WORLD, encoding="utf-8")
+    world = tiny_world(tmp_path)
     out = tmp_path / "time.json"
     argv = ["--world", str(world), "--trajectories", "80", "--then", "40", "--out", str(out)]
     assert learner_time.main(argv) in (0, 1)  # a refused second adapter is still a result
@@ -188,8 +193,7 @@ def test_learner_time_record_only_keeps_a_store_for_the_job_elsewhere(
     from proxy.config import load_config
     from proxy.store import open_for_reading
 
-    world = tmp_path / "tiny.yaml"
-    world.write_text(TINY_WORLD, encoding="utf-8")
+    world = tiny_world(tmp_path)
     out = tmp_path / "rec.json"
     argv = ["--world", str(world), "--trajectories", "30", "--record-only", "--out", str(out)]
     code = learner_time.main(argv)
@@ -213,8 +217,7 @@ def test_learner_time_record_only_keeps_a_store_for_the_job_elsewhere(
 
 def test_replay_over_seeds_and_overrides(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
-    world = tmp_path / "tiny.yaml"
-    world.write_text(TINY_WORLD, encoding="utf-8")
+    world = tiny_world(tmp_path)
     out = tmp_path / "replay.json"
     assert replay_main(["--world", str(world), "--seeds", "3", "--out", str(out)]) == 0
     data = json.loads(out.read_text(encoding="utf-8"))["tiny"]
@@ -232,8 +235,7 @@ def test_replay_over_seeds_and_overrides(tmp_path: Path,
 def test_replay_with_memory_by_meaning(tmp_path: Path) -> None:
     """--meaning adds what mode both consults after words, with the real embeddings:
     where no past task is alike in words, tasks alike in meaning still give hints."""
-    world = tmp_path / "tiny.yaml"
-    world.write_text(TINY_WORLD, encoding="utf-8")
+    world = tiny_world(tmp_path)
     out = tmp_path / "replay.json"
     words_never = ["--world", str(world), "--seeds", "1", "--out", str(out),
                    "--set", "min_similarity=1"]
