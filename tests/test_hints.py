@@ -21,9 +21,10 @@ from proxy.config import load_config
 from proxy.hints.adapters import AdapterWatcher
 from proxy.hints.engine import HintEngine
 from proxy.hints.llm import SmallModel, check_adapter, tensor_shapes
+from proxy.hints.lru import LRU
 from proxy.hints.strategies import StrategyCatalog, approach_sentence
 from proxy.hints.text import normalize
-from proxy.models import default_gguf
+from proxy.models import default_gguf, small_model_path
 from tests.adapters import catalog, publish, random_adapter
 from tests.conftest import ProxyHandle
 from tests.fake_upstream import FakeUpstream
@@ -124,6 +125,31 @@ def test_hint_text_never_names_its_maker() -> None:
     block = payloads.hint_block("Approach: X")
     for word in ("tactician", "smollm", "llama", "small model", "proxy"):
         assert word not in block.lower()
+
+
+def test_lru_keeps_the_most_recently_used() -> None:
+    lru: LRU[str, int] = LRU(2)
+    lru.put("a", 1)
+    lru.put("b", 2)
+    assert lru.get("a") == 1  # "a" is now the most recent: "b" goes first
+    lru.put("c", 3)
+    assert list(lru) == ["a", "c"] and "b" not in lru and lru.get("b") is None
+    lru.put("a", 4)
+    lru.put("d", 5)
+    assert list(lru) == ["a", "d"] and lru.get("a") == 4 and len(lru) == 2
+    with pytest.raises(ValueError):
+        LRU(0)
+
+
+def test_proxy_and_learner_use_the_same_small_model_file(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    model = tmp_path / "models" / "small.gguf"
+    model.write_bytes(b"GGUF")
+    path = tmp_path / "proxy.yaml"
+    path.write_text("guidance:\n  model_path: models/small.gguf\n")
+    assert small_model_path(load_config(path)) == model  # relative to the config file
+    path.write_text("guidance:\n  enabled: true\n")
+    assert small_model_path(load_config(path)) == default_gguf()
 
 
 # -- arms ------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from learner.basemodel import chat_template_from_gguf, default_base_gguf, sha256_file
+from learner.basemodel import chat_template_from_gguf, sha256_file
 from learner.export_gguf import (
     HF_TO_GGUF_MODULE,
     BaseShape,
@@ -46,6 +46,7 @@ from learner.verify import (
     peft_generate,
     peft_last_logits,
 )
+from proxy.models import default_gguf
 
 SYSTEM = "You are Tactician. Reply with one short strategy for the task."
 TASKS: list[tuple[str, str]] = [
@@ -81,7 +82,7 @@ class Trained:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
-    base = default_base_gguf()
+    base = default_gguf()
     template = chat_template_from_gguf(base)
     prompts = [render_prompt(template, SYSTEM, task) for task, _ in TASKS]
     examples = [Example(p, target) for p, (_, target) in zip(prompts, TASKS, strict=True)]
@@ -93,7 +94,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
 
 
 def test_default_base_is_packaged_and_hash_is_cached(tmp_path: Path) -> None:
-    base = default_base_gguf()
+    base = default_gguf()
     assert base.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and base.is_file()
     expected = hashlib.sha256(base.read_bytes()).hexdigest()
     assert sha256_file(base) == expected
@@ -108,11 +109,11 @@ def test_hf_checkpoint_is_built_once_and_replaces_other_bases(tmp_path: Path) ->
     stale = tmp_path / "hf-0123456789abcdef"  # another base's checkpoint
     stale.mkdir()
     (stale / "config.json").write_text("{}")
-    first = hf_checkpoint_dir(default_base_gguf(), tmp_path)
+    first = hf_checkpoint_dir(default_gguf(), tmp_path)
     assert (first / "config.json").is_file() and (first / "model.safetensors").is_file()
     assert not stale.exists()
     built = (first / "model.safetensors").stat().st_mtime_ns
-    assert hf_checkpoint_dir(default_base_gguf(), tmp_path) == first
+    assert hf_checkpoint_dir(default_gguf(), tmp_path) == first
     assert (first / "model.safetensors").stat().st_mtime_ns == built
 
 
@@ -268,7 +269,7 @@ def test_qk_permutation_is_needed(trained: Trained, tmp_path: Path) -> None:
 
 
 def test_time_budget_stops_after_current_step(tmp_path: Path) -> None:
-    base = default_base_gguf()
+    base = default_gguf()
     prompt = render_prompt(chat_template_from_gguf(base), SYSTEM, TASKS[0][0])
     settings = TrainSettings(max_steps=50, max_seconds=0.0, progress=False)
     result = train_lora([Example(prompt, TASKS[0][1], 2.0)], base, tmp_path / "peft", settings)
@@ -277,7 +278,7 @@ def test_time_budget_stops_after_current_step(tmp_path: Path) -> None:
 
 
 def test_converged_loss_stops_training(tmp_path: Path) -> None:
-    base = default_base_gguf()
+    base = default_gguf()
     prompt = render_prompt(chat_template_from_gguf(base), SYSTEM, TASKS[0][0])
     # Any loss is "converged" below 1e6: the run must stop once the window is full.
     settings = TrainSettings(max_steps=50, converge_loss=1e6, converge_window=3, progress=False)

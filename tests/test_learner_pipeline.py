@@ -399,11 +399,11 @@ def test_train_publishes_an_adapter_that_names_the_best_strategy(
 
 def _fresh_task_hits(world: World, adapter: Path, catalog: StrategyCatalog) -> list[bool]:
     """Greedy labels from llama.cpp (as the proxy serves) on tasks never recorded."""
-    from learner.basemodel import default_base_gguf
     from proxy.hints.llm import SmallModel
+    from proxy.models import default_gguf
 
     rng = random.Random(7)
-    model = SmallModel(default_base_gguf(), threads=1, max_tokens=12)
+    model = SmallModel(default_gguf(), threads=1, max_tokens=12)
     model.load(adapter, "test", catalog)
     hits = []
     try:

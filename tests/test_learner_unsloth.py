@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from learner.basemodel import chat_template_from_gguf, default_base_gguf
+from learner.basemodel import chat_template_from_gguf
 from learner.export_gguf import BaseShape, export_lora_gguf
 from learner.train import Example, TrainSettings, render_prompt, train_lora
 from learner.verify import agreement, llama_generate, normalize, peft_generate
+from proxy.models import default_gguf
 from tests.test_learner_lora import SYSTEM, TASKS
 
 
@@ -41,7 +42,7 @@ MAX_TOKENS = 16
 
 
 def test_unsloth_adapter_trains_exports_and_agrees_in_llama_cpp(tmp_path: Path) -> None:
-    base = default_base_gguf()
+    base = default_gguf()
     template = chat_template_from_gguf(base)
     prompts = [render_prompt(template, SYSTEM, task) for task, _ in TASKS]
     targets = [target for _, target in TASKS]

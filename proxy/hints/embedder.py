@@ -19,7 +19,6 @@ import itertools
 import logging
 import queue
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from proxy.hints.lru import LRU
 from proxy.hints.text import Vector, normalize
 
 log = logging.getLogger("tactician.hints.embedder")
@@ -46,10 +46,9 @@ class Embedder:
         self.model_path = model_path
         self.threads = threads
         self.batch_threads = batch_threads
-        self.cache_size = cache_size
         self.dim = 0  # known once loaded
         self._llama: Any = None
-        self._cache: OrderedDict[str, Vector] = OrderedDict()
+        self._cache: LRU[str, Vector] = LRU(cache_size)
         self._lock = threading.Lock()
         self._waiting = [0, 0, 0]  # jobs queued, per priority
         self._closed = False
@@ -70,10 +69,7 @@ class Embedder:
     def cached(self, text: str) -> Vector | None:
         key = normalize(text)
         with self._lock:
-            vec = self._cache.get(key)
-            if vec is not None:
-                self._cache.move_to_end(key)
-            return vec
+            return self._cache.get(key)
 
     def submit(self, text: str, priority: int = BACKGROUND) -> Future[Vector]:
         """The text's embedding (raw, not normalized), from the cache when it is there."""
@@ -115,9 +111,7 @@ class Embedder:
             if not np.isfinite(vec).all():
                 raise ValueError("the model gave a non-finite embedding")
             with self._lock:
-                self._cache[normalize(text)] = vec
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+                self._cache.put(normalize(text), vec)
         return vec
 
     def _model(self) -> Any:

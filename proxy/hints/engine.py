@@ -17,7 +17,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,11 @@ from proxy.config import Config
 from proxy.hints.adapters import AdapterWatcher
 from proxy.hints.embedder import BACKGROUND, RELOAD, URGENT, Embedder
 from proxy.hints.llm import SmallModel
+from proxy.hints.lru import LRU
 from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
 from proxy.hints.text import Vector, normalize
-from proxy.models import default_gguf
+from proxy.models import small_model_path
 from proxy.recorder import Recorder
 from proxy.store import Store
 
@@ -54,17 +55,16 @@ class HintEngine:
         self.embedder: Embedder | None = None
         self.watcher: AdapterWatcher | None = None
         # Labels are cached by the worker thread's callback and read on the event loop.
-        self._labels: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._labels: LRU[str, tuple[str, str]] = LRU(config.guidance.cache_size)
         self._labels_lock = threading.Lock()
         self.counters: Counter[str] = Counter()
         # Every call of an episode gets the same hint: it is one task, one approach.
-        self._episodes: OrderedDict[str, Strategy] = OrderedDict()
+        self._episodes: LRU[str, Strategy] = LRU(config.guidance.cache_size)
 
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self.recommender.memory.prefault)
-        path = (self.config.resolve(self.cfg.model_path) if self.cfg.model_path
-                else default_gguf())
+        path = small_model_path(self.config)
         if self.cfg.mode == "both" and self.cfg.meaning:
             await self._start_embedder(path)
         await asyncio.to_thread(self._load_history)
@@ -178,9 +178,7 @@ class HintEngine:
         self.counters["served" if strategy else f"skipped:{g.get('hint_skip_reason')}"] += 1
         if strategy is None:
             return None
-        self._episodes[call.episode_id] = strategy
-        while len(self._episodes) > self.cfg.cache_size:
-            self._episodes.popitem(last=False)
+        self._episodes.put(call.episode_id, strategy)
         g["hint_strategy"] = strategy.label
         g["hint_text"] = hint_text(strategy)
         return str(g["hint_text"])
@@ -310,9 +308,7 @@ class HintEngine:
         label, version = future.result()
         with self._labels_lock:
             # Keyed by the adapter that generated it, which a swap may have changed.
-            self._labels[f"{version}:{task_key}"] = (label, version)
-            while len(self._labels) > self.cfg.cache_size:
-                self._labels.popitem(last=False)
+            self._labels.put(f"{version}:{task_key}", (label, version))
 
     # -- reporting -----------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

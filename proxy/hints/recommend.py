@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from proxy.config import GuidanceConfig
 from proxy.hints import evidence
+from proxy.hints.lru import LRU
 from proxy.hints.meaning import MeaningMemory
 from proxy.hints.memory import TaskMemory
 from proxy.hints.strategies import Strategy, StrategyCatalog
@@ -45,7 +45,7 @@ class Recommender:
         self.rng = random.Random(cfg.seed)
         # A change is detected in one neighbourhood's outcomes and held while they
         # still show it; keyed by the outcome it starts at, so it applies nowhere else.
-        self._changes: OrderedDict[evidence.Change, None] = OrderedDict()
+        self._changes: LRU[evidence.Change, bool] = LRU(KNOWN_CHANGES)
         self.meaning: MeaningMemory | None = None
 
     def use_meaning(self, dim: int) -> None:
@@ -83,10 +83,7 @@ class Recommender:
                                      self.cfg.min_similarity, self.catalog.renames())
         change = evidence.change_point(obs, self._changes)
         if change is not None:
-            self._changes[change] = None
-            self._changes.move_to_end(change)
-            while len(self._changes) > KNOWN_CHANGES:
-                self._changes.popitem(last=False)
+            self._changes.put(change, True)
         stats = evidence.summarize(obs, self.memory.seq, self.cfg.half_life, change)
         stats_json = self._stats_json(stats) if stats else None
         best, skip = self._firm_best(stats)
