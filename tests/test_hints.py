@@ -462,8 +462,11 @@ def test_budget_skips_then_cache_serves(make_proxy: Callable[..., ProxyHandle],
     assert time.monotonic() - start < 1.0
     assert row["hint_skip_reason"] == "budget" and row["hint_text"] is None
     assert row["hint_latency_ms"] < 50
-    time.sleep(1.5)  # the generation finishes in the background and is cached
-    row = ask(proxy)
+    # The generation finishes in the background and is cached (~0.3 s on a quiet
+    # machine; longer while other llama.cpp processes share the cores).
+    deadline = time.monotonic() + 30
+    while (row := ask(proxy))["hint_source"] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert row["hint_source"] == "model_cache" and "sA method" in row["hint_text"]
 
 
@@ -484,7 +487,14 @@ def test_fail_open_on_corrupt_adapter_and_recovery(make_proxy: Callable[..., Pro
     assert health["watcher"]["failures"] >= 1 and health["watcher"]["last_error"]
     publish(state, "v2", path_a, cat)
     wait_version(proxy, "v2")
-    assert "sA method" in ask(proxy)["hint_text"]
+    # With other llama.cpp processes on the same cores a generation can outlast even
+    # this 5 s budget (measured: skip reason "budget"); it is cached for the next call.
+    deadline = time.monotonic() + 30
+    while (row := ask(proxy))["hint_text"] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "sA method" in (row["hint_text"] or ""), {
+        k: row[k] for k in ("hint_skip_reason", "hint_latency_ms", "hint_source",
+                            "adapter_version")}
 
 
 @pytest.mark.parametrize("mode", ["model", "both"])
