@@ -141,7 +141,7 @@ def test_lru_keeps_the_most_recently_used() -> None:
         LRU(0)
 
 
-def test_proxy_and_learner_use_the_same_small_model_file(tmp_path: Path) -> None:
+def test_the_small_model_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
     model = tmp_path / "models" / "small.gguf"
     model.write_bytes(b"GGUF")

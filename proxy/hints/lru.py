@@ -1,6 +1,7 @@
 """A mapping that keeps only its most recently used entries.
 
-Not thread-safe: a caller shared between threads holds its own lock around it.
+Values are never None: ``get`` answers None for a missing key. Not thread-safe: a
+caller shared between threads holds its own lock around it.
 """
 
 from __future__ import annotations
