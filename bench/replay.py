@@ -41,25 +41,25 @@ from bench.sim import load_world
 from bench.sim.metrics import ArmLog, Report, compute
 from bench.sim.model import TaskRecord, decide, parse_messages, reply_text, task_record
 from bench.sim.world import Task, World
-from proxy.config import GuidanceConfig, load_config
+from proxy.config import Config, GuidanceConfig, load_config
 from proxy.errors import ConfigError
 from proxy.hints.embedder import Embedder
 from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import Strategy, hint_text
 from proxy.hints.text import Vector
-from proxy.models import default_gguf
+from proxy.models import small_model_path
 from proxy.payloads import inject_hint
 
 SUMMARY = ("accuracy", "coverage", "uplift", "transfer", "retention", "adaptation")
 Embed = Callable[[str], Vector]
 
 
-def small_model_embeddings(guidance: GuidanceConfig) -> tuple[Embed, int, Embedder]:
-    """The proxy's embedder on ``guidance.model_path`` (default: the wheel's GGUF),
+def small_model_embeddings(config: Config) -> tuple[Embed, int, Embedder]:
+    """The proxy's embedder on the proxy's small model (``small_model_path``),
     answered synchronously; it caches every text, so each of a world's texts is
     embedded once over all seeds."""
-    model = Path(guidance.model_path) if guidance.model_path else default_gguf()
-    embedder = Embedder(model, threads=guidance.threads,
+    guidance = config.guidance
+    embedder = Embedder(small_model_path(config), threads=guidance.threads,
                         batch_threads=guidance.batch_threads, cache_size=1_000_000)
     dim = embedder.load()
     return (lambda text: embedder.submit(text).result()), dim, embedder
@@ -134,7 +134,7 @@ def summary(report: Report) -> dict[str, float | None]:
     }
 
 
-def guidance_config(overrides: list[str]) -> GuidanceConfig:
+def replay_config(overrides: list[str]) -> Config:
     """The proxy's guidance defaults with ``KEY=VALUE`` overrides, validated as the
     proxy validates its config file (unknown keys and bad values are errors)."""
     values: dict[str, Any] = {"enabled": True, "mode": "retrieval", "holdout": 0.0}
@@ -144,7 +144,7 @@ def guidance_config(overrides: list[str]) -> GuidanceConfig:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
         values[key.strip()] = yaml.safe_load(value)
     try:
-        return load_config({"guidance": values}).guidance
+        return load_config({"guidance": values})
     except ConfigError as exc:
         raise SystemExit(f"--set: {exc}") from exc
 
@@ -196,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    guidance = guidance_config(args.set)
+    config = replay_config(args.set)
+    guidance = config.guidance
     if args.meaning and not guidance.meaning:
         parser.error("--meaning with meaning=false: choose one")
     if args.meaning:
-        embed, dim, embedder = small_model_embeddings(guidance)
+        embed, dim, embedder = small_model_embeddings(config)
         try:
             results = run(args.world, args.seeds, guidance, (embed, dim))
         finally:

@@ -10,8 +10,8 @@ import pytest
 
 from bench.harness.processes import arm_guidance, last_line, proxy_config, run_learner
 from bench.learning import main, scale_world
-from bench.replay import guidance_config, replay
 from bench.replay import main as replay_main
+from bench.replay import replay, replay_config
 from bench.sim import parse_world
 
 TINY_WORLD = """
@@ -113,7 +113,7 @@ def test_retrieval_only_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "guided_success" in printed and "reproduce: python -m bench.learning" in printed
     # The offline replay (bench.replay) must give what the real proxy gave, or the
     # engine tuning done with it would not carry over.
-    offline = replay(parse_world(TINY_WORLD), guidance_config([]))
+    offline = replay(parse_world(TINY_WORLD), replay_config([]).guidance)
     for scope in offline.phases:
         online = report["metrics"]["phases"][scope.scope]
         for name in ("guided_success", "control_success", "coverage", "accuracy",

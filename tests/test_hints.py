@@ -353,6 +353,16 @@ def ask(proxy: ProxyHandle, stream: bool = False) -> dict[str, Any]:
                            [r.headers["x-request-id"]])[0]
 
 
+def ask_until_hinted(proxy: ProxyHandle, timeout: float = 30) -> dict[str, Any]:
+    """ask() until a call is hinted, or the last row. A generation past the budget
+    finishes in the background and is cached for the next call: ~0.3 s on a quiet
+    machine, more than 5 s measured while other llama.cpp processes shared the cores."""
+    deadline = time.monotonic() + timeout
+    while (row := ask(proxy))["hint_text"] is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return row
+
+
 def wait_version(proxy: ProxyHandle, version: str, timeout: float = 10) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -462,11 +472,7 @@ def test_budget_skips_then_cache_serves(make_proxy: Callable[..., ProxyHandle],
     assert time.monotonic() - start < 1.0
     assert row["hint_skip_reason"] == "budget" and row["hint_text"] is None
     assert row["hint_latency_ms"] < 50
-    # The generation finishes in the background and is cached (~0.3 s on a quiet
-    # machine; longer while other llama.cpp processes share the cores).
-    deadline = time.monotonic() + 30
-    while (row := ask(proxy))["hint_source"] is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    row = ask_until_hinted(proxy)
     assert row["hint_source"] == "model_cache" and "sA method" in row["hint_text"]
 
 
@@ -487,11 +493,7 @@ def test_fail_open_on_corrupt_adapter_and_recovery(make_proxy: Callable[..., Pro
     assert health["watcher"]["failures"] >= 1 and health["watcher"]["last_error"]
     publish(state, "v2", path_a, cat)
     wait_version(proxy, "v2")
-    # With other llama.cpp processes on the same cores a generation can outlast even
-    # this 5 s budget (measured: skip reason "budget"); it is cached for the next call.
-    deadline = time.monotonic() + 30
-    while (row := ask(proxy))["hint_text"] is None and time.monotonic() < deadline:
-        time.sleep(0.5)
+    row = ask_until_hinted(proxy)  # a generation can outlast even this 5 s budget
     assert "sA method" in (row["hint_text"] or ""), {
         k: row[k] for k in ("hint_skip_reason", "hint_latency_ms", "hint_source",
                             "adapter_version")}
