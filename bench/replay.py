@@ -1,7 +1,7 @@
 """Offline replay: the hint engine's memory over a world's stream, without the proxy.
 
-``python -m bench.replay --world FILE [--world FILE ...] [--seeds 8] [--meaning]
-[--set KEY=VALUE ...] [--out replay.json]``
+``python -m bench.replay --world FILE [--world FILE ...] [--seeds 8] [--meaning
+[--embeddings FILE.npz]] [--set KEY=VALUE ...] [--out replay.json]``
 
 Drives ``proxy.hints.recommend.Recommender`` (what the proxy runs in
 ``guidance.mode: retrieval``; with ``--meaning``, also the memory by meaning that mode
@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from bench.embeddings_file import EmbeddingsFile, model_tag
 from bench.harness.report import fmt
 from bench.sim import load_world
 from bench.sim.metrics import ArmLog, Report, compute
@@ -192,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--meaning", action="store_true",
                         help="add mode both's memory by meaning (the small model's "
                              "embeddings; loads it)")
+    parser.add_argument("--embeddings", type=Path, metavar="FILE",
+                        help="with --meaning: keep the embeddings in FILE (.npz) between "
+                             "runs; texts already in it are not embedded again")
     parser.add_argument("--out", type=Path, help="write the numbers as JSON")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -200,12 +204,19 @@ def main(argv: list[str] | None = None) -> int:
     guidance = config.guidance
     if args.meaning and not guidance.meaning:
         parser.error("--meaning with meaning=false: choose one")
+    if args.embeddings and not args.meaning:
+        parser.error("--embeddings needs --meaning")
     if args.meaning:
+        kept = (EmbeddingsFile(args.embeddings, model_tag(small_model_path(config)))
+                if args.embeddings else None)
         embed, dim, embedder = small_model_embeddings(config)
         try:
-            results = run(args.world, args.seeds, guidance, (embed, dim))
+            results = run(args.world, args.seeds, guidance,
+                          (kept.wrap(embed) if kept else embed, dim))
         finally:
             embedder.close()
+            if kept is not None:
+                kept.save()
     else:
         results = run(args.world, args.seeds, guidance)
     print_table(results)

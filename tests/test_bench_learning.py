@@ -247,6 +247,16 @@ def test_replay_with_memory_by_meaning(tmp_path: Path) -> None:
     assert coverage() == 0
     assert replay_main([*words_never, "--meaning"]) == 0
     assert coverage() > 0.5
+    # Kept in a file, the embeddings give the same numbers, run after run.
+    kept = tmp_path / "emb.npz"
+    with_file = [*words_never, "--meaning", "--embeddings", str(kept)]
+    expected = coverage()
+    for _ in range(2):
+        assert replay_main(with_file) == 0
+        assert coverage() == expected
+    assert kept.exists()
+    with pytest.raises(SystemExit):
+        replay_main([*words_never, "--embeddings", str(kept)])  # needs --meaning
 
 
 def test_the_next_day_waits_for_the_published_adapter(tmp_path: Path) -> None:
@@ -266,3 +276,4 @@ def test_the_next_day_waits_for_the_published_adapter(tmp_path: Path) -> None:
         publish(state, "v000002", random_adapter(tmp_path / "b.gguf", seed=2),
                 catalog({"alpha": "Alpha"}))
         assert proxy.wait_adapter() == "v000002"
+
