@@ -10,6 +10,7 @@ measure something else, so a file for another model is refused.
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,13 +33,17 @@ class EmbeddingsFile:
             self._read()
 
     def _read(self) -> None:
-        with np.load(self.path, allow_pickle=False) as data:
-            tag = str(data["tag"])
-            if tag != self.tag:
-                raise SystemExit(f"{self.path}: embeddings of {tag}, not of {self.tag}: "
-                                 "use another file or delete this one")
-            keys, vectors = data["keys"], data["vectors"]
-            self.vectors = {str(k): v for k, v in zip(keys, vectors, strict=True)}
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                tag = str(data["tag"])
+                keys, vectors = data["keys"], data["vectors"]
+                read = {str(k): v for k, v in zip(keys, vectors, strict=True)}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise SystemExit(f"{self.path}: not an embeddings file ({exc})") from exc
+        if tag != self.tag:
+            raise SystemExit(f"{self.path}: embeddings of {tag}, not of {self.tag}: "
+                             "use another file or delete this one")
+        self.vectors = read
 
     def wrap(self, embed: Callable[[str], Vector]) -> Callable[[str], Vector]:
         """``embed``, answered from the file where the text is in it."""

@@ -34,3 +34,6 @@ def test_embeddings_file_answers_a_second_run(tmp_path: Path) -> None:
     assert len(calls) == 3
     with pytest.raises(SystemExit, match=r"model-a\.gguf:100"):
         EmbeddingsFile(path, "model-b.gguf:100")
+    path.write_text("not numpy", encoding="utf-8")
+    with pytest.raises(SystemExit, match="not an embeddings file"):
+        EmbeddingsFile(path, "model-a.gguf:100")

@@ -276,4 +276,3 @@ def test_the_next_day_waits_for_the_published_adapter(tmp_path: Path) -> None:
         publish(state, "v000002", random_adapter(tmp_path / "b.gguf", seed=2),
                 catalog({"alpha": "Alpha"}))
         assert proxy.wait_adapter() == "v000002"
-
