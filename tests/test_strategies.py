@@ -7,6 +7,7 @@ import random
 import time
 
 import numpy as np
+import pytest
 
 from proxy.config import GuidanceConfig
 from proxy.hints import evidence
@@ -341,3 +342,19 @@ def test_prefault_takes_the_first_writes_page_faults_off_the_request_path() -> N
     mem.add("r", "e", vec, "s")
     assert time.perf_counter() - start < 0.05
     assert mem.neighbours(vec, 5, 0.1) == [] and mem.seq == 1  # no outcome yet
+
+
+def test_nearer_tasks_outweigh_others_sharing_a_few_words() -> None:
+    """Noise complaints share room numbers with air-conditioning faults: the engineer
+    who fixes the one (20 of 20, far) must not outweigh what the complaints themselves
+    show (the engineer 0 of 4, a room move 5 of 6, near). Counted alike, the far
+    outcomes win; the prior keeps its strength either way (total weight unchanged)."""
+    far = [Observation("engineer", 1.0, 0.25, i) for i in range(20)]
+    near = [Observation("engineer", 0.0, 0.8, 20 + i) for i in range(4)]
+    near += [Observation("room move", float(i < 5), 0.8, 30 + i) for i in range(6)]
+    stats = evidence.summarize(far + near, 40, 250)
+    assert evidence.best(stats, 3).sid == "room move"  # type: ignore[union-attr]
+    alike = [Observation(o.sid, o.success, 0.8, o.seq) for o in far] + near
+    assert evidence.best(evidence.summarize(alike, 40, 250), 3).sid == "engineer"  # type: ignore[union-attr]
+    assert sum(s.weight for s in stats.values()) == pytest.approx(
+        sum(s.weight for s in evidence.summarize(alike, 40, 250).values()))
