@@ -85,13 +85,18 @@ def control_arm(world: World) -> list[TaskRecord]:
 
 
 def guided_arm(world: World, guidance: GuidanceConfig,
-               meaning: tuple[Embed, int] | None = None) -> list[TaskRecord]:
+               meaning: tuple[Embed, int] | None = None,
+               sources: list[str | None] | None = None) -> list[TaskRecord]:
+    """The guided arm; ``sources``, if given, receives each task's hint source in
+    stream order ("words", "meaning", or None when unhinted)."""
     rec = Recommender(guidance)
     if meaning is not None:
         rec.use_meaning(meaning[1])
     records = []
     for task in world.stream():
-        chosen = choose(rec, task.text, meaning[0] if meaning else None)
+        chosen, source = choose(rec, task.text, meaning[0] if meaning else None)
+        if sources is not None:
+            sources.append(source)
         body: dict[str, Any] = {"messages": messages(world, task)}
         if chosen is not None:
             body = inject_hint("/v1/chat/completions", body, hint_text(chosen)) or body
@@ -109,12 +114,15 @@ def guided_arm(world: World, guidance: GuidanceConfig,
     return records
 
 
-def choose(rec: Recommender, text: str, embed: Embed | None) -> Strategy | None:
-    """The engine's choice without the LoRA model: words, then (if given) meaning."""
+def choose(rec: Recommender, text: str,
+           embed: Embed | None) -> tuple[Strategy | None, str | None]:
+    """The engine's choice without the LoRA model: words, then (if given) meaning;
+    with the memory that made it."""
     by_words = rec.recommend(text)
     if by_words.skip != "thin_evidence" or embed is None:
-        return by_words.strategy
-    return rec.recommend_by_meaning(embed(text)).strategy
+        return by_words.strategy, "words" if by_words.strategy is not None else None
+    by_meaning = rec.recommend_by_meaning(embed(text)).strategy
+    return by_meaning, "meaning" if by_meaning is not None else None
 
 
 def replay(world: World, guidance: GuidanceConfig,

@@ -1,0 +1,124 @@
+"""How a new kind of task is hinted on its first day, over many world seeds.
+
+    python -m bench.firstday --world FILE [--world FILE ...] [--seeds 20]
+        [--embeddings FILE.npz] [--out firstday.json]
+
+The spec's *transfer* is accuracy on the first day of a domain new in its phase. This
+tool replays the same tasks as ``bench.replay --meaning`` (memory by words, then by
+meaning, no LoRA labels) and splits them by how many tasks of the same family that day
+had already seen, and by the memory that chose the hint: it shows how fast the engine
+learns a new kind of task within the day, and which memory its misses come from. Like
+the replay, it changes nothing in the proxy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from collections import Counter
+from pathlib import Path
+
+from bench import replay
+from bench.embeddings_file import EmbeddingsFile, model_tag
+from bench.sim import load_world
+from bench.sim.metrics import new_domains
+from bench.sim.model import TaskRecord
+from bench.sim.world import World
+from proxy.models import small_model_path
+
+BUCKETS = ((1, 3), (4, 7), (8, 11), (12, 15), (16, None))  # the task's ordinal that day
+
+
+def bucket_label(low: int, high: int | None) -> str:
+    return f"{low}-{high}" if high is not None else f"{low}+"
+
+
+def outcome(world: World, rec: TaskRecord) -> str:
+    if rec.named is None:
+        return "unhinted"
+    return "right" if rec.named in world.best_strategies(rec.family, rec.phase) else "wrong"
+
+
+def tally(world: World, records: list[TaskRecord], sources: list[str | None],
+          counts: Counter[tuple[str, str]]) -> None:
+    """Adds each first-day task of a new domain to ``counts`` twice: under its ordinal
+    bucket and under its source, each with right / wrong / unhinted."""
+    phase_index = {p.name: i for i, p in enumerate(world.phases)}
+    new = {i: new_domains(world, i) for i in range(len(world.phases))}
+    seen: Counter[str] = Counter()
+    for rec, source in zip(records, sources, strict=True):
+        i = phase_index[rec.phase]
+        if i == 0 or rec.day_in_phase != 0 or rec.domain not in new[i]:
+            continue
+        seen[rec.family] += 1
+        low, high = next(b for b in BUCKETS if b[1] is None or seen[rec.family] <= b[1])
+        result = outcome(world, rec)
+        counts[(bucket_label(low, high), result)] += 1
+        counts[(f"by {source}" if source else "no hint", result)] += 1
+
+
+def run(paths: list[Path], seeds: int, embed: replay.Embed, dim: int,
+        ) -> dict[str, dict[str, dict[str, int]]]:
+    config = replay.replay_config([])
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for path in paths:
+        base = load_world(path)
+        counts: Counter[tuple[str, str]] = Counter()
+        for seed in replay.seeds_of(base, seeds):
+            world = dataclasses.replace(base, seed=seed)
+            sources: list[str | None] = []
+            records = replay.guided_arm(world, config.guidance, (embed, dim), sources)
+            tally(world, records, sources, counts)
+        rows: dict[str, dict[str, int]] = {}
+        for (row, result), n in sorted(counts.items()):
+            rows.setdefault(row, {"right": 0, "wrong": 0, "unhinted": 0})[result] = n
+        out[base.name] = rows
+    return out
+
+
+def print_table(results: dict[str, dict[str, dict[str, int]]]) -> None:
+    order = [bucket_label(*b) for b in BUCKETS] + ["by words", "by meaning", "no hint"]
+    for name, rows in results.items():
+        right = sum(r["right"] for k, r in rows.items() if k.startswith("by "))
+        named = right + sum(r["wrong"] for k, r in rows.items() if k.startswith("by "))
+        print(f"{name}: transfer {right}/{named} = {right / max(named, 1):.3f}")
+        print("  task of its family that day   right  wrong  unhinted")
+        for key in (k for k in order if k in rows):
+            r = rows[key]
+            print(f"  {key:28} {r['right']:6} {r['wrong']:6} {r['unhinted']:9}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m bench.firstday", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--world", type=Path, action="append", required=True)
+    parser.add_argument("--seeds", type=int, default=20)
+    parser.add_argument("--embeddings", type=Path, metavar="FILE",
+                        help="keep the embeddings in FILE (.npz), as bench.replay does")
+    parser.add_argument("--out", type=Path, help="write the counts as JSON")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    config = replay.replay_config([])
+    kept = (EmbeddingsFile(args.embeddings, model_tag(small_model_path(config)))
+            if args.embeddings else None)
+    embed, dim, embedder = replay.small_model_embeddings(config)
+    try:
+        results = run(args.world, args.seeds, kept.wrap(embed) if kept else embed, dim)
+    finally:
+        embedder.close()
+        if kept is not None:
+            kept.save()
+    print_table(results)
+    print("reproduce: " + shlex.join(["python", "-m", "bench.firstday", *argv]))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
