@@ -13,7 +13,6 @@ the replay, it changes nothing in the proxy.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -22,12 +21,10 @@ from collections import Counter
 from pathlib import Path
 
 from bench import replay
-from bench.embeddings_file import EmbeddingsFile, model_tag
 from bench.sim import load_world
 from bench.sim.metrics import new_domains
 from bench.sim.model import TaskRecord
 from bench.sim.world import World
-from proxy.models import small_model_path
 
 BUCKETS = ((1, 3), (4, 7), (8, 11), (12, 15), (16, None))  # the task's ordinal that day
 
@@ -93,26 +90,13 @@ def print_table(results: dict[str, dict[str, dict[str, int]]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m bench.firstday", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--world", type=Path, action="append", required=True)
-    parser.add_argument("--seeds", type=int, default=20)
+    parser = replay.world_parser("python -m bench.firstday", __doc__, seeds=20)
     parser.add_argument("--embeddings", type=Path, metavar="FILE",
                         help="keep the embeddings in FILE (.npz), as bench.replay does")
     parser.add_argument("--out", type=Path, help="write the counts as JSON")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
-    config = replay.replay_config([])
-    kept = (EmbeddingsFile(args.embeddings, model_tag(small_model_path(config)))
-            if args.embeddings else None)
-    embed, dim, embedder = replay.small_model_embeddings(config)
-    try:
-        results = run(args.world, args.seeds, kept.wrap(embed) if kept else embed, dim)
-    finally:
-        embedder.close()
-        if kept is not None:
-            kept.save()
+    with replay.embeddings(replay.replay_config([]), args.embeddings) as (embed, dim):
+        results = run(args.world, args.seeds, embed, dim)
     print_table(results)
     print("reproduce: " + shlex.join(["python", "-m", "bench.firstday", *argv]))
     if args.out:

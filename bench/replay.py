@@ -30,7 +30,8 @@ import json
 import shlex
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,21 @@ def small_model_embeddings(config: Config) -> tuple[Embed, int, Embedder]:
                         batch_threads=guidance.batch_threads, cache_size=1_000_000)
     dim = embedder.load()
     return (lambda text: embedder.submit(text).result()), dim, embedder
+
+
+@contextmanager
+def embeddings(config: Config, kept_in: Path | None) -> Iterator[tuple[Embed, int]]:
+    """The small model's embeddings and their dimension while the block runs; with
+    ``kept_in``, read from and saved to that .npz file, so a text is embedded once
+    across runs."""
+    kept = EmbeddingsFile(kept_in, model_tag(small_model_path(config))) if kept_in else None
+    embed, dim, embedder = small_model_embeddings(config)
+    try:
+        yield (kept.wrap(embed) if kept else embed), dim
+    finally:
+        embedder.close()
+        if kept is not None:
+            kept.save()
 
 
 def messages(world: World, task: Task) -> list[dict[str, str]]:
@@ -189,13 +205,27 @@ def print_table(results: dict[str, Any]) -> None:
             print(f"{name:14} {label!s:>6}  {cells}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__,
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def world_parser(prog: str, doc: str | None, seeds: int) -> argparse.ArgumentParser:
+    """The command line every replay-based tool starts from: worlds and seeds."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world", type=Path, action="append", required=True)
-    parser.add_argument("--seeds", type=int, default=8,
-                        help="world seeds per world: its own, then 1, 2, ... (default 8)")
+    parser.add_argument("--seeds", type=_at_least_one, default=seeds,
+                        help=f"world seeds per world: its own, then 1, 2, ... "
+                             f"(default {seeds})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = world_parser("python -m bench.replay", __doc__, seeds=8)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a guidance config key")
     parser.add_argument("--meaning", action="store_true",
@@ -206,8 +236,6 @@ def main(argv: list[str] | None = None) -> int:
                              "runs; texts already in it are not embedded again")
     parser.add_argument("--out", type=Path, help="write the numbers as JSON")
     args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error("--seeds must be at least 1")
     config = replay_config(args.set)
     guidance = config.guidance
     if args.meaning and not guidance.meaning:
@@ -215,16 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.embeddings and not args.meaning:
         parser.error("--embeddings needs --meaning")
     if args.meaning:
-        kept = (EmbeddingsFile(args.embeddings, model_tag(small_model_path(config)))
-                if args.embeddings else None)
-        embed, dim, embedder = small_model_embeddings(config)
-        try:
-            results = run(args.world, args.seeds, guidance,
-                          (kept.wrap(embed) if kept else embed, dim))
-        finally:
-            embedder.close()
-            if kept is not None:
-                kept.save()
+        with embeddings(config, args.embeddings) as meaning:
+            results = run(args.world, args.seeds, guidance, meaning)
     else:
         results = run(args.world, args.seeds, guidance)
     print_table(results)
