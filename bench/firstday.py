@@ -22,9 +22,10 @@ from pathlib import Path
 
 from bench import replay
 from bench.sim import load_world
-from bench.sim.metrics import new_domains
+from bench.sim.metrics import is_transfer_task, names_best, transfer_domains
 from bench.sim.model import TaskRecord
 from bench.sim.world import World
+from proxy.config import GuidanceConfig
 
 BUCKETS = ((1, 3), (4, 7), (8, 11), (12, 15), (16, None))  # the task's ordinal that day
 
@@ -36,19 +37,17 @@ def bucket_label(low: int, high: int | None) -> str:
 def outcome(world: World, rec: TaskRecord) -> str:
     if rec.named is None:
         return "unhinted"
-    return "right" if rec.named in world.best_strategies(rec.family, rec.phase) else "wrong"
+    return "right" if names_best(world, rec) else "wrong"
 
 
 def tally(world: World, records: list[TaskRecord], sources: list[str | None],
           counts: Counter[tuple[str, str]]) -> None:
     """Adds each first-day task of a new domain to ``counts`` twice: under its ordinal
     bucket and under its source, each with right / wrong / unhinted."""
-    phase_index = {p.name: i for i, p in enumerate(world.phases)}
-    new = {i: new_domains(world, i) for i in range(len(world.phases))}
+    domains = {p.name: transfer_domains(world, i) for i, p in enumerate(world.phases)}
     seen: Counter[str] = Counter()
     for rec, source in zip(records, sources, strict=True):
-        i = phase_index[rec.phase]
-        if i == 0 or rec.day_in_phase != 0 or rec.domain not in new[i]:
+        if not is_transfer_task(rec, domains[rec.phase]):
             continue
         seen[rec.family] += 1
         low, high = next(b for b in BUCKETS if b[1] is None or seen[rec.family] <= b[1])
@@ -57,9 +56,8 @@ def tally(world: World, records: list[TaskRecord], sources: list[str | None],
         counts[(f"by {source}" if source else "no hint", result)] += 1
 
 
-def run(paths: list[Path], seeds: int, embed: replay.Embed, dim: int,
-        ) -> dict[str, dict[str, dict[str, int]]]:
-    config = replay.replay_config([])
+def run(paths: list[Path], seeds: int, guidance: GuidanceConfig, embed: replay.Embed,
+        dim: int) -> dict[str, dict[str, dict[str, int]]]:
     out: dict[str, dict[str, dict[str, int]]] = {}
     for path in paths:
         base = load_world(path)
@@ -67,7 +65,7 @@ def run(paths: list[Path], seeds: int, embed: replay.Embed, dim: int,
         for seed in replay.seeds_of(base, seeds):
             world = dataclasses.replace(base, seed=seed)
             sources: list[str | None] = []
-            records = replay.guided_arm(world, config.guidance, (embed, dim), sources)
+            records = replay.guided_arm(world, guidance, (embed, dim), sources)
             tally(world, records, sources, counts)
         rows: dict[str, dict[str, int]] = {}
         for (row, result), n in sorted(counts.items()):
@@ -95,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the embeddings in FILE (.npz), as bench.replay does")
     parser.add_argument("--out", type=Path, help="write the counts as JSON")
     args = parser.parse_args(argv)
-    with replay.embeddings(replay.replay_config([]), args.embeddings) as (embed, dim):
-        results = run(args.world, args.seeds, embed, dim)
+    config = replay.replay_config([])
+    with replay.embeddings(config, args.embeddings) as (embed, dim):
+        results = run(args.world, args.seeds, config.guidance, embed, dim)
     print_table(results)
     print("reproduce: " + shlex.join(["python", "-m", "bench.firstday", *argv]))
     if args.out:

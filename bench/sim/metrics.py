@@ -122,9 +122,14 @@ def coverage(run: _Run, indices: Sequence[int]) -> float | None:
     return ratio(named, len(indices))
 
 
+def names_best(world: World, record: TaskRecord) -> bool:
+    """Whether the first strategy the task's system prompt named is a best one."""
+    return record.named in world.best_strategies(record.family, record.phase)
+
+
 def accuracy(run: _Run, indices: Iterable[int]) -> float | None:
     named = [run.guided[i] for i in indices if i in run.guided and run.guided[i].named is not None]
-    hits = sum(1 for r in named if r.named in run.world.best_strategies(r.family, r.phase))
+    hits = sum(1 for r in named if names_best(run.world, r))
     return ratio(hits, len(named))
 
 
@@ -138,16 +143,21 @@ def new_domains(world: World, phase_index: int) -> set[str]:
         world.phases[:phase_index])
 
 
+def transfer_domains(world: World, phase_index: int) -> set[str]:
+    """The domains whose first-day tasks count for transfer in the phase: those no
+    earlier phase's mix had (none in the first phase, where every domain is new)."""
+    return new_domains(world, phase_index) if phase_index > 0 else set()
+
+
+def is_transfer_task(task: Task | TaskRecord, domains: set[str]) -> bool:
+    """A first-day task of one of its phase's ``transfer_domains``."""
+    return task.day_in_phase == 0 and task.domain in domains
+
+
 def transfer_indices(run: _Run, phase_index: int) -> list[int]:
     """First-day tasks of families whose domain no earlier phase's mix had."""
-    if phase_index == 0:
-        return []
-    new = new_domains(run.world, phase_index)
-    return [
-        i
-        for i in run.indices([phase_index])
-        if run.tasks[i].day_in_phase == 0 and run.tasks[i].domain in new
-    ]
+    domains = transfer_domains(run.world, phase_index)
+    return [i for i in run.indices([phase_index]) if is_transfer_task(run.tasks[i], domains)]
 
 
 def stable_first_families(world: World) -> set[str]:
