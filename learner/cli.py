@@ -21,6 +21,7 @@ from typing import Any
 
 from learner import publish, warm
 from learner.dataset import Dataset, load_dataset
+from learner.pace import Pace, Probe
 from learner.train import Example, TrainResult, TrainSettings
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
@@ -60,6 +61,17 @@ class Cycle:
     started_at: datetime = field(default_factory=publish.now)
     started: float = field(default_factory=time.monotonic)
     metrics: dict[str, Any] = field(default_factory=dict)
+    probe: Probe | None = None  # how busy the proxy is (default: ask its /healthz)
+    pace: Pace = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pace = Pace(self.config, self.probe)
+
+    def threads(self, phase: str) -> int:
+        """Threads for one llama.cpp scoring pass, chosen as it starts."""
+        n = self.pace.threads()
+        self.metrics.setdefault("threads", {})[phase] = n
+        return n
 
     def timed(self, name: str, fn: Callable[[], Any]) -> Any:
         t0 = time.monotonic()
@@ -88,8 +100,8 @@ class Cycle:
 
         g = self.config.guidance
         baseline = self.timed("baseline", lambda: score_baseline(
-            base, dataset, publish.read_current(self.config.state_dir), threads=g.threads,
-            max_tokens=g.max_hint_tokens))
+            base, dataset, publish.read_current(self.config.state_dir),
+            threads=self.threads("baseline"), max_tokens=g.max_hint_tokens))
         budget = self._train_budget(baseline.eval_seconds)
         result = self.timed("train", lambda: self._train(dataset, base, work / "peft", budget))
         gguf = self.timed("export", lambda: export_lora_gguf(
@@ -104,7 +116,7 @@ class Cycle:
                            exit_code=1)
         gate = self.timed("gate", lambda: evaluate(
             base, gguf, dataset, baseline, tolerance=self.config.learner.tolerance,
-            threads=g.threads, max_tokens=g.max_hint_tokens))
+            threads=self.threads("gate"), max_tokens=g.max_hint_tokens))
         self.metrics["gate"] = gate.metrics()
         if not gate.promote:
             return Outcome("ok", "refused", None, gate.reason)
@@ -138,14 +150,15 @@ class Cycle:
         try:
             examples, settings = self._plan(dataset, start, budget)
             result = train_lora(examples, base, out, settings,
-                                init=start.weights if start else None)
+                                init=start.weights if start else None,
+                                threads=self.pace.threads)
         except AdapterMismatch as exc:
             if start is None:
                 raise
             say(f"{exc}; training from scratch instead")
             start = None
             examples, settings = self._plan(dataset, None, budget)
-            result = train_lora(examples, base, out, settings)
+            result = train_lora(examples, base, out, settings, threads=self.pace.threads)
         steps = settings.max_steps
         train_s = result.seconds - result.load_seconds
         self.metrics["train"] = {
@@ -155,6 +168,7 @@ class Cycle:
             "load_seconds": round(result.load_seconds, 3),
             "steps_per_s": round(result.steps / train_s, 4) if train_s > 0 else None,
             "loss_first": result.losses[0], "loss_last": result.losses[-1],
+            "steps_by_threads": {str(k): v for k, v in sorted(result.steps_by_threads.items())},
             "settings": {k: v for k, v in asdict(settings).items() if k != "cache_dir"},
         }
         say(f"trained {result.steps}/{steps} steps in {result.seconds:.0f} s "
@@ -188,7 +202,7 @@ class Cycle:
         say(f"training from scratch on {len(examples)} examples" if start is None else
             f"continuing {start.version} on {len(examples)} examples (new since its data "
             "window, plus older ones rehearsed)")
-        # The Unsloth backend's dequantized checkpoint (~540 MB) outlives the run's work
+        # The dequantized checkpoint both backends load (~540 MB) outlives the run's work
         # folder, so it is built once per base, not every night.
         return examples, replace(SETTINGS, max_steps=steps, max_seconds=budget,
                                  num_threads=self.config.learner.threads,

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm.auto import tqdm
 
+from learner.pace import proxy_url
 from learner.train import Example
 from proxy.config import Config
 from proxy.hints import evidence
@@ -120,11 +121,8 @@ def request_snapshot(config: Config) -> Path:
     """Ask the running proxy for a consistent read-only copy of its store."""
     import httpx  # noqa: PLC0415 - only needed while a proxy runs
 
-    host = config.host.strip("[]")
-    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - a listen address, not a bind
-        host = "127.0.0.1"
     headers = {"authorization": f"Bearer {config.admin.token}"} if config.admin.token else {}
-    url = f"http://{host}:{config.port}/v1/tactician/snapshot"
+    url = proxy_url(config, "/v1/tactician/snapshot")
     try:
         resp = httpx.post(url, headers=headers, timeout=SNAPSHOT_TIMEOUT_S)
     except httpx.HTTPError as exc:

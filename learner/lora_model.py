@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from learner.basemodel import hf_checkpoint_dir, load_hf_model
+from learner.basemodel import hf_checkpoint_dir, load_base
 
 if TYPE_CHECKING:
     from learner.train import TrainSettings
@@ -20,7 +20,7 @@ def load_trainable(base_gguf: Path, out_dir: Path, settings: TrainSettings,
     if backend == "unsloth":
         model, tokenizer = _load_unsloth(base_gguf, out_dir, settings)
     else:
-        model, tokenizer = _load_cpu(base_gguf, settings)
+        model, tokenizer = _load_cpu(base_gguf, out_dir, settings)
     if init is not None:
         _load_adapter_weights(model, init)
     return model, tokenizer, backend
@@ -47,10 +47,10 @@ def _lora_kwargs(settings: TrainSettings) -> dict[str, Any]:
     }
 
 
-def _load_cpu(base_gguf: Path, settings: TrainSettings) -> tuple[Any, Any]:
+def _load_cpu(base_gguf: Path, out_dir: Path, settings: TrainSettings) -> tuple[Any, Any]:
     from peft import LoraConfig, get_peft_model  # noqa: PLC0415
 
-    model, tokenizer = load_hf_model(base_gguf)
+    model, tokenizer = load_base(base_gguf, _cache_root(out_dir, settings))
     config = LoraConfig(task_type="CAUSAL_LM", **_lora_kwargs(settings))
     return get_peft_model(model, config), tokenizer
 
@@ -60,7 +60,7 @@ def _load_unsloth(base_gguf: Path, out_dir: Path, settings: TrainSettings) -> tu
     HF checkpoint (``hf_checkpoint_dir``), unquantized: the same base llama.cpp serves."""
     from unsloth import FastLanguageModel  # noqa: PLC0415
 
-    checkpoint = hf_checkpoint_dir(base_gguf, settings.cache_dir or out_dir.parent / "hf-base")
+    checkpoint = hf_checkpoint_dir(base_gguf, _cache_root(out_dir, settings))
     model, tokenizer = FastLanguageModel.from_pretrained(
         model_name=str(checkpoint),
         max_seq_length=settings.max_length,
@@ -74,6 +74,10 @@ def _load_unsloth(base_gguf: Path, out_dir: Path, settings: TrainSettings) -> tu
         **_lora_kwargs(settings),
     )
     return model, tokenizer
+
+
+def _cache_root(out_dir: Path, settings: TrainSettings) -> Path:
+    return settings.cache_dir or out_dir.parent / "hf-base"
 
 
 class AdapterMismatch(ValueError):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +72,7 @@ class TrainSettings:
     seed: int = 0
     num_threads: int = 2
     backend: Literal["auto", "cpu", "unsloth"] = "auto"
-    # Where the Unsloth backend keeps the dequantized HF checkpoint; default beside out_dir.
+    # Where the dequantized HF checkpoint both backends load is kept; default beside out_dir.
     cache_dir: Path | None = None
     progress: bool = True
 
@@ -87,6 +88,7 @@ class TrainResult:
     load_seconds: float = 0.0
     backend: str = "cpu"
     stop_reason: StopReason = "steps"
+    steps_by_threads: dict[int, int] = field(default_factory=dict)
 
 
 def render_prompt(tokenizer_or_template: Any, system: str, user: str) -> str:
@@ -249,7 +251,8 @@ def _run_loop(
     examples: Sequence[Example],
     settings: TrainSettings,
     started: float,
-) -> tuple[list[float], StopReason]:
+    threads: Callable[[], int] | None,
+) -> tuple[list[float], StopReason, Counter[int]]:
     import torch  # noqa: PLC0415
 
     device = next(model.parameters()).device
@@ -266,6 +269,7 @@ def _run_loop(
     left = None if settings.max_seconds is None else settings.max_seconds - (now - started)
     clock = RunClock(total, now, left)
     losses: list[float] = []
+    by_threads: Counter[int] = Counter()
     stop_reason: StopReason = "steps"
     model.train()
     batches = _batches(len(examples), settings.batch_size, settings.seed)
@@ -273,6 +277,9 @@ def _run_loop(
         for step in range(total):
             for group in opt.param_groups:
                 group["lr"] = settings.lr * lr_factor(step, clock.progress(step), settings)
+            if threads is not None and (n := threads()) != torch.get_num_threads():
+                torch.set_num_threads(n)
+            by_threads[torch.get_num_threads()] += 1
             idx = next(batches)
             loss = weighted_completion_loss(
                 model, _collate([rows[i] for i in idx], pad_id, device), weights[idx]
@@ -291,15 +298,16 @@ def _run_loop(
                 stop_reason = "time"
                 break
     model.eval()
-    return losses, stop_reason
+    return losses, stop_reason, by_threads
 
 
 def train_lora(
     examples: Sequence[Example], base_gguf: Path, out_dir: Path, settings: TrainSettings,
-    init: Path | None = None,
+    init: Path | None = None, threads: Callable[[], int] | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on ``examples`` and save it (PEFT format) to ``out_dir``,
-    starting from the PEFT adapter in ``init`` (same shape) when given.
+    starting from the PEFT adapter in ``init`` (same shape) when given. ``threads``,
+    asked before every step, may change the CPU threads the run uses as it goes.
 
     Always takes at least one step; stops early (after the running step) once
     ``settings.max_seconds`` has elapsed or the loss has converged, keeping what was
@@ -316,7 +324,8 @@ def train_lora(
 
     model, tokenizer, backend = load_trainable(base_gguf, out_dir, settings, init)
     load_seconds = time.monotonic() - started
-    losses, stop_reason = _run_loop(model, tokenizer, examples, settings, started)
+    losses, stop_reason, by_threads = _run_loop(model, tokenizer, examples, settings, started,
+                                                threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Explicit False: "auto" probes the Hugging Face Hub for the base config.
     model.save_pretrained(str(out_dir), save_embedding_layers=False)
@@ -330,4 +339,5 @@ def train_lora(
         load_seconds=load_seconds,
         backend=backend,
         stop_reason=stop_reason,
+        steps_by_threads=dict(by_threads),
     )

@@ -136,6 +136,10 @@ class LearnerConfig:
     max_run_seconds: PositiveFloat = 600.0
     max_train_seconds: PositiveFloat = 600.0
     threads: PositiveInt = 1
+    # While the proxy has served nothing for idle_after_seconds (or is not running),
+    # the run may use this many threads (None: every core it may run on).
+    idle_threads: PositiveInt | None = None
+    idle_after_seconds: NonNegativeFloat = 30.0
     nice: Annotated[int, Range(ge=-20, le=19)] = 10
     keep_versions: PositiveInt = 5
     tolerance: SignedFraction = 0.02

@@ -120,6 +120,7 @@ class Relay:
                     method=scope["method"], provider=self.target)
         call.episode_id = call.request_id
         started = False
+        self.svc.traffic.begin()
 
         async def tracked_send(msg: dict[str, Any]) -> None:
             nonlocal started
@@ -146,6 +147,7 @@ class Relay:
             call.status = call.status or CLIENT_CLOSED
             raise
         finally:
+            self.svc.traffic.end()
             self.svc.finish(call)
 
     async def _handle(self, call: Call, scope: Scope, receive: Receive, send: Send) -> None:

@@ -84,6 +84,7 @@ async def healthz(request: Request) -> Response:
         "recorder": {**asdict(svc.recorder.stats), "queue_depth": svc.recorder.depth},
         "guidance": svc.advisor.stats() if svc.advisor else {"enabled": False},
         "learner": svc.learner.status(),
+        "traffic": svc.traffic.status(),
     }
     if svc.local_model is not None:
         body["local_model"] = local = svc.local_model.status()

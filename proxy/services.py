@@ -15,6 +15,7 @@ from proxy.local_model import LocalModelServer
 from proxy.metrics import Metrics
 from proxy.recorder import Recorder
 from proxy.store import Store
+from proxy.traffic import Traffic
 from proxy.upstream import Target, Upstream
 
 log = logging.getLogger("tactician")
@@ -61,6 +62,7 @@ class Services:
     local_model: LocalModelServer | None = None
     counters: Counters = field(default_factory=Counters)
     metrics: Metrics = field(default_factory=Metrics)
+    traffic: Traffic = field(default_factory=Traffic)
 
     @property
     def body_limit(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +81,19 @@ class Trained:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+def hf_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One dequantized checkpoint for the module's training runs (built by the first)."""
+    return tmp_path_factory.mktemp("hf-cache")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, hf_cache: Path) -> Trained:
     base = default_gguf()
     template = chat_template_from_gguf(base)
     prompts = [render_prompt(template, SYSTEM, task) for task, _ in TASKS]
     examples = [Example(p, target) for p, (_, target) in zip(prompts, TASKS, strict=True)]
     out = tmp_path_factory.mktemp("lora")
-    result = train_lora(examples, base, out / "peft", SETTINGS)
+    result = train_lora(examples, base, out / "peft", replace(SETTINGS, cache_dir=hf_cache))
     shape = BaseShape.from_gguf(base)
     adapter_gguf = export_lora_gguf(result.adapter_dir, shape, None, out / "adapter.gguf")
     return Trained(base, prompts, [t for _, t in TASKS], result, adapter_gguf, shape)
@@ -115,6 +121,39 @@ def test_hf_checkpoint_is_built_once_and_replaces_other_bases(tmp_path: Path) ->
     built = (first / "model.safetensors").stat().st_mtime_ns
     assert hf_checkpoint_dir(default_gguf(), tmp_path) == first
     assert (first / "model.safetensors").stat().st_mtime_ns == built
+
+
+def test_training_loads_the_checkpoint_bit_identical_to_the_gguf(hf_cache: Path) -> None:
+    """The checkpoint stands in for the GGUF in every training run: its weights must be
+    the GGUF's own, dequantized, and its tokenizer must render and split prompts as the
+    GGUF's does (what llama.cpp serves)."""
+    import torch
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from learner.basemodel import load_base, load_tokenizer
+
+    load_base(default_gguf(), hf_cache)  # builds the checkpoint unless a test already did
+    started = time.monotonic()
+    model, tokenizer = load_base(default_gguf(), hf_cache)
+    loaded = time.monotonic() - started
+    tensors = {t.name: t for t in GGUFReader(default_gguf()).tensors}
+    for name, weight in (("token_embd.weight", model.model.embed_tokens.weight),
+                         ("blk.3.ffn_down.weight", model.model.layers[3].mlp.down_proj.weight),
+                         ("output_norm.weight", model.model.norm.weight)):
+        t = tensors[name]
+        expected = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type)))
+        assert torch.equal(weight.detach(), expected.reshape(weight.shape)), name
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    started = time.monotonic()
+    original = load_tokenizer(default_gguf())
+    # Side by side: the whole checkpoint loads faster than the GGUF's tokenizer alone.
+    assert loaded < time.monotonic() - started
+    for task in ("Reset the VPN token for a new hire", "naïve café — 東京 ✓"):
+        prompt = render_prompt(tokenizer, SYSTEM, task)
+        assert prompt == render_prompt(original, SYSTEM, task)
+        assert tokenizer(prompt)["input_ids"] == original(prompt)["input_ids"]
+    assert tokenizer.eos_token == original.eos_token
 
 
 def test_permutation_is_inverse_of_transformers_unpermute() -> None:
@@ -268,22 +307,43 @@ def test_qk_permutation_is_needed(trained: Trained, tmp_path: Path) -> None:
     assert np.mean(bad) > 3 * np.mean(good)
 
 
-def test_time_budget_stops_after_current_step(tmp_path: Path) -> None:
+def test_time_budget_stops_after_current_step(tmp_path: Path, hf_cache: Path) -> None:
     base = default_gguf()
     prompt = render_prompt(chat_template_from_gguf(base), SYSTEM, TASKS[0][0])
-    settings = TrainSettings(max_steps=50, max_seconds=0.0, progress=False)
+    settings = TrainSettings(max_steps=50, max_seconds=0.0, progress=False, cache_dir=hf_cache)
     result = train_lora([Example(prompt, TASKS[0][1], 2.0)], base, tmp_path / "peft", settings)
     assert result.steps == 1 and result.stop_reason == "time"
     assert (tmp_path / "peft" / "adapter_config.json").is_file()
 
 
-def test_converged_loss_stops_training(tmp_path: Path) -> None:
+def test_converged_loss_stops_training(tmp_path: Path, hf_cache: Path) -> None:
     base = default_gguf()
     prompt = render_prompt(chat_template_from_gguf(base), SYSTEM, TASKS[0][0])
     # Any loss is "converged" below 1e6: the run must stop once the window is full.
-    settings = TrainSettings(max_steps=50, converge_loss=1e6, converge_window=3, progress=False)
+    settings = TrainSettings(max_steps=50, converge_loss=1e6, converge_window=3, progress=False,
+                             cache_dir=hf_cache)
     result = train_lora([Example(prompt, TASKS[0][1])], base, tmp_path / "peft", settings)
     assert result.steps == 3 and result.stop_reason == "converged"
+
+
+def test_threads_can_change_between_steps(tmp_path: Path, hf_cache: Path) -> None:
+    """The nightly job asks before every step how many threads it may use (more while
+    the proxy is idle); the run follows and says how many steps ran on each count."""
+    import torch
+
+    base = default_gguf()
+    prompt = render_prompt(chat_template_from_gguf(base), SYSTEM, TASKS[0][0])
+    plan = iter([1, 1, 2, 2, 1])
+    seen: list[int] = []
+    settings = TrainSettings(max_steps=5, num_threads=1, progress=False, cache_dir=hf_cache)
+    before = torch.get_num_threads()
+    try:
+        result = train_lora([Example(prompt, TASKS[0][1])], base, tmp_path / "peft", settings,
+                            threads=lambda: seen.append(torch.get_num_threads()) or next(plan))
+    finally:
+        torch.set_num_threads(before)
+    assert result.steps == 5 and result.steps_by_threads == {1: 3, 2: 2}
+    assert seen == [1, 1, 1, 2, 2]  # each step ran on what was asked just before it
 
 
 def test_convergence_needs_a_whole_epoch_and_a_low_mean_loss() -> None:

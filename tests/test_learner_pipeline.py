@@ -26,6 +26,7 @@ import yaml
 
 from learner import publish
 from learner.dataset import build_dataset
+from learner.pace import Pace
 from proxy.config import Config, load_config
 from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
 from proxy.hints.text import words
@@ -157,7 +158,7 @@ def write_config(folder: Path, port: int, **learner: Any) -> Path:
         "upstream": {"base_url": "http://127.0.0.1:9/v1"},
         "store": {"path": "tactician.duckdb", "flush_interval_ms": 20},
         "guidance": {"enabled": False},
-        # One torch thread: on 2 shared cores, two spin and run ~8x slower (measured).
+        # The shipped default. No proxy listens here, so runs take learner.idle_threads.
         "learner": {"schedule": None, "threads": 1, "nice": 0, "keep_versions": 3,
                     "min_examples": 20, **learner},
     }
@@ -388,6 +389,11 @@ def test_train_publishes_an_adapter_that_names_the_best_strategy(
     # No adapter served yet: evaluation time was probed with the bare model.
     assert metrics["seconds"]["baseline"] > 0 and metrics["budget"]["eval_seconds"] > 0
     assert metrics["budget"]["train_seconds"] <= 300  # learner.max_train_seconds
+    # No proxy listens at the config's address: nothing to keep a core for, so the run
+    # scored and trained on every core it may use, not on learner.threads (1).
+    idle = Pace(world.config).idle_threads
+    assert metrics["threads"] == {"baseline": idle, "gate": idle}
+    assert metrics["train"]["steps_by_threads"] == {str(idle): metrics["train"]["steps"]}
     store = Store(world.config.store_path, read_only=True)
     try:
         rows = store.query("SELECT decision FROM learner_runs WHERE run_id = ?",
