@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from learner import publish, warm
+from learner import label_cache, publish, warm
 from learner.dataset import Dataset, load_dataset
 from learner.pace import Pace, Probe
 from learner.train import Example, TrainResult, TrainSettings
@@ -99,9 +99,13 @@ class Cycle:
         from learner.gate import evaluate, score_baseline  # noqa: PLC0415
 
         g = self.config.guidance
+        current = publish.read_current(self.config.state_dir)
+        labels_fp = label_cache.fingerprint(self._base_sha256(base), g.max_hint_tokens)
+        known = label_cache.load(current.adapter.parent, labels_fp) if current else {}
         baseline = self.timed("baseline", lambda: score_baseline(
-            base, dataset, publish.read_current(self.config.state_dir),
-            threads=self.threads("baseline"), max_tokens=g.max_hint_tokens))
+            base, dataset, current, threads=self.threads("baseline"),
+            max_tokens=g.max_hint_tokens, known=known))
+        self.metrics["baseline_labels_reused"] = baseline.reused
         budget = self._train_budget(baseline.eval_seconds)
         result = self.timed("train", lambda: self._train(dataset, base, work / "peft", budget))
         gguf = self.timed("export", lambda: export_lora_gguf(
@@ -123,7 +127,8 @@ class Cycle:
         manifest = self._manifest(dataset, base, gate.reason, gate.rule)
         version = self.timed("publish", lambda: publish.publish_version(
             self.config.state_dir, gguf, dataset.catalog.to_json(), manifest,
-            keep=self.config.learner.keep_versions, peft_dir=result.adapter_dir))
+            keep=self.config.learner.keep_versions, peft_dir=result.adapter_dir,
+            labels_json=label_cache.dumps(gate.labels, labels_fp)))
         return Outcome("ok", "promoted", version, gate.reason)
 
     def _train_budget(self, eval_seconds: float) -> float:

@@ -20,8 +20,8 @@ Rule:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ class GateResult:
     retrieval: Scores
     tolerance: float
     rule: str = RULE
+    labels: dict[str, str] = field(default_factory=dict)  # the new adapter's, by task
 
     def metrics(self) -> dict[str, Any]:
         return {
@@ -82,28 +83,50 @@ def _translate(sid: str | None, own: StrategyCatalog, new: StrategyCatalog) -> s
     return new.resolve(strategy.label) if strategy else None
 
 
-def adapter_hits(
-    base_gguf: Path, adapter: Path, catalog: StrategyCatalog, dataset_catalog: StrategyCatalog,
-    items: Sequence[Labeled], *, threads: int, max_tokens: int, desc: str,
-) -> list[bool]:
-    """Greedy label per item with the serving code path; identical tasks run once."""
+@dataclass(frozen=True)
+class Labels:
+    """Greedy labels for the evaluation tasks, and what producing them cost."""
+
+    by_task: dict[str, str]
+    generated: int  # produced by this pass; the rest were reused (``label_cache``)
+    seconds: float  # loading the model plus generating
+    load_seconds: float
+
+    @property
+    def reused(self) -> int:
+        return len(self.by_task) - self.generated
+
+
+def generate_labels(
+    base_gguf: Path, adapter: Path | None, catalog: StrategyCatalog, tasks: Sequence[str], *,
+    threads: int, max_tokens: int, desc: str, known: Mapping[str, str] | None = None,
+) -> Labels:
+    """A greedy label per distinct task with the serving code path; a task in ``known``
+    (what this adapter said before) is not asked again."""
     from proxy.hints.llm import SmallModel  # noqa: PLC0415 - loads llama.cpp
 
+    known = known or {}
+    by_task = {task: known[task] for task in tasks if task in known}
+    todo = [task for task in dict.fromkeys(tasks) if task not in by_task]
+    if not todo:
+        return Labels(by_task, 0, 0.0, 0.0)
+    start = time.monotonic()
     model = SmallModel(base_gguf, threads=threads, max_tokens=max_tokens)
-    labels: dict[str, str] = {}
     try:
         model.load(adapter, desc, catalog)
-        for item in tqdm(items, desc=desc, leave=False):
-            task = item.episode.task
-            if task not in labels:
-                labels[task] = model.submit(task).result()[0]
+        loaded = time.monotonic()
+        for task in tqdm(todo, desc=desc, leave=False):
+            by_task[task] = model.submit(task).result()[0]
     finally:
         model.close()
-    hits = []
-    for item in items:
-        sid = _translate(catalog.resolve(labels[item.episode.task]), catalog, dataset_catalog)
-        hits.append(sid == item.target)
-    return hits
+    return Labels(by_task, len(todo), time.monotonic() - start, loaded - start)
+
+
+def hits_of(labels: Mapping[str, str], items: Sequence[Labeled], catalog: StrategyCatalog,
+            dataset_catalog: StrategyCatalog) -> list[bool]:
+    """Whether each item's label names its target strategy."""
+    return [_translate(catalog.resolve(labels[it.episode.task]), catalog, dataset_catalog)
+            == it.target for it in items]
 
 
 @dataclass(frozen=True)
@@ -159,12 +182,13 @@ def scores_of(heldout_hits: Sequence[bool], replay_hits: Sequence[bool]) -> Scor
 
 def adapter_scores(
     base_gguf: Path, adapter: Path, catalog: StrategyCatalog, dataset: Dataset, *,
-    threads: int, max_tokens: int, name: str,
-) -> Scores:
+    threads: int, max_tokens: int, name: str, known: Mapping[str, str] | None = None,
+) -> tuple[Scores, Labels]:
     heldout, replay = eval_sets(dataset)
-    hits = adapter_hits(base_gguf, adapter, catalog, dataset.catalog, [*heldout, *replay],
-                        threads=threads, max_tokens=max_tokens, desc=f"gate {name}")
-    return scores_of(hits[: len(heldout)], hits[len(heldout) :])
+    labels = generate_labels(base_gguf, adapter, catalog, eval_tasks(dataset), threads=threads,
+                             max_tokens=max_tokens, desc=f"gate {name}", known=known)
+    hits = hits_of(labels.by_task, [*heldout, *replay], catalog, dataset.catalog)
+    return scores_of(hits[: len(heldout)], hits[len(heldout) :]), labels
 
 
 def retrieval_scores(dataset: Dataset) -> Scores:
@@ -213,6 +237,7 @@ class Baseline:
     version: str | None
     broken: str  # why the current adapter could not be scored, or ""
     eval_seconds: float
+    reused: int = 0  # labels taken from the night the serving adapter was promoted
 
 
 def eval_tasks(dataset: Dataset) -> list[str]:
@@ -222,23 +247,34 @@ def eval_tasks(dataset: Dataset) -> list[str]:
 
 def score_baseline(
     base_gguf: Path, dataset: Dataset, current: Current | None, *, threads: int,
-    max_tokens: int,
+    max_tokens: int, known: Mapping[str, str] | None = None,
 ) -> Baseline:
     broken = ""
     if current is not None:
-        start = time.monotonic()
         try:
             catalog = StrategyCatalog.from_json(current.catalog.read_text(encoding="utf-8"))
-            scores = adapter_scores(base_gguf, current.adapter, catalog, dataset,
-                                    threads=threads, max_tokens=max_tokens,
-                                    name=current.version)
-            return Baseline(scores, current.version, "", time.monotonic() - start)
+            scores, labels = adapter_scores(base_gguf, current.adapter, catalog, dataset,
+                                            threads=threads, max_tokens=max_tokens,
+                                            name=current.version, known=known)
+            return Baseline(scores, current.version, "", _eval_seconds(
+                labels, base_gguf, dataset, threads=threads, max_tokens=max_tokens),
+                labels.reused)
         except (OSError, ValueError, RuntimeError) as exc:
             # What cannot be loaded cannot be serving well: judge the new one alone.
             broken = f"current {current.version} unusable ({type(exc).__name__}: {exc}); "
     return Baseline(None, current.version if current else None, broken,
                     probe_eval_seconds(base_gguf, dataset, threads=threads,
                                        max_tokens=max_tokens))
+
+
+def _eval_seconds(labels: Labels, base_gguf: Path, dataset: Dataset, *, threads: int,
+                  max_tokens: int) -> float:
+    """Time to score one adapter on every evaluation task, from the labels this pass
+    generated; when nearly all were reused, from a probe of the bare model."""
+    if labels.generated < PROBE_TASKS:
+        return probe_eval_seconds(base_gguf, dataset, threads=threads, max_tokens=max_tokens)
+    per_task = (labels.seconds - labels.load_seconds) / labels.generated
+    return labels.load_seconds + per_task * len(labels.by_task)
 
 
 def probe_eval_seconds(base_gguf: Path, dataset: Dataset, *, threads: int,
@@ -269,9 +305,9 @@ def evaluate(
     base_gguf: Path, new_adapter: Path, dataset: Dataset, baseline: Baseline, *,
     tolerance: float, threads: int, max_tokens: int,
 ) -> GateResult:
-    new = adapter_scores(base_gguf, new_adapter, dataset.catalog, dataset, threads=threads,
-                         max_tokens=max_tokens, name="new")
+    new, labels = adapter_scores(base_gguf, new_adapter, dataset.catalog, dataset,
+                                 threads=threads, max_tokens=max_tokens, name="new")
     retrieval = retrieval_scores(dataset)
     promote, reason = decide(new, baseline.scores, retrieval, tolerance)
     return GateResult(promote, baseline.broken + reason, new, baseline.scores,
-                      baseline.version, retrieval, tolerance)
+                      baseline.version, retrieval, tolerance, labels=labels.by_task)

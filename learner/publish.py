@@ -5,6 +5,9 @@ Layout (see docs/architecture.md)::
     adapters/v000007/{adapter.gguf, catalog.json, manifest.json}
     adapters/v000007/peft/{adapter_model.safetensors, adapter_config.json}
                             the same adapter for training to continue from (learner/warm.py)
+    adapters/v000007/labels.json
+                            what the gate's llama.cpp pass labelled, by task, for the next
+                            night's baseline to reuse (learner/label_cache.py)
     adapters/current.json   {"version", "adapter": "v000007/adapter.gguf", "catalog": ...}
     runs/<run_id>.json      one learner_runs row per run, ingested by the proxy
 
@@ -29,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from learner.label_cache import FILE as LABELS_FILE
 from proxy.config import Config
 from proxy.store import RUN_COLUMNS, Store, StoreError
 
@@ -146,10 +150,11 @@ def point_current(state_dir: Path, version: str) -> None:
 def publish_version(
     state_dir: Path, adapter_gguf: Path, catalog_json: str, manifest: dict[str, Any],
     *, keep: int, make_current: bool = True, peft_dir: Path | None = None,
+    labels_json: str | None = None,
 ) -> str:
-    """Copy the adapter, catalog and manifest (and the PEFT weights, when given) into
-    the next version and (by default) point ``current.json`` at it; then drop versions
-    beyond ``keep``."""
+    """Copy the adapter, catalog and manifest (and the PEFT weights and the gate's
+    labels, when given) into the next version and (by default) point ``current.json``
+    at it; then drop versions beyond ``keep``."""
     root = adapters_dir(state_dir)
     root.mkdir(parents=True, exist_ok=True)
     version = next_version(state_dir)
@@ -160,6 +165,9 @@ def publish_version(
         (staging / "catalog.json").write_text(catalog_json, encoding="utf-8")
         write_json_atomic(staging / "manifest.json", {**manifest, "version": version})
         written = ["adapter.gguf", "catalog.json"]
+        if labels_json is not None:
+            (staging / LABELS_FILE).write_text(labels_json, encoding="utf-8")
+            written.append(LABELS_FILE)
         if peft_dir is not None:
             (staging / "peft").mkdir()
             for name in PEFT_FILES:
