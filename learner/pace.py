@@ -18,7 +18,7 @@ from collections.abc import Callable
 from proxy.config import Config
 
 POLL_S = 10.0
-PROBE_TIMEOUT_S = 2.0
+PROBE_TIMEOUT_S = 0.5  # a proxy too busy to answer this fast is busy
 
 # Seconds since the proxy last served a call (0 while one is in flight), or None when
 # its state cannot be told.
