@@ -142,16 +142,19 @@ def serving_agreement(
 ) -> Agreement:
     """Does llama.cpp with the exported adapter decide what the trained PEFT model
     decides? Text can differ in a word after the label on an undertrained adapter
-    (llama.cpp quantizes activations); the decision is what the proxy acts on."""
+    (llama.cpp quantizes activations); the decision is what the proxy acts on. The
+    proxy's model stops at the first label it recognises, so llama.cpp's whole greedy
+    completion, the guess PEFT's is checked against, comes from a second context."""
     import torch  # noqa: PLC0415
 
-    from learner.verify import peft_generate  # noqa: PLC0415
+    from learner.verify import complete, open_llama, peft_generate  # noqa: PLC0415
     from proxy.hints.llm import SmallModel  # noqa: PLC0415
     from proxy.hints.prompt import normalize_label, render  # noqa: PLC0415
 
     if not tasks:
         raise ValueError("no tasks to compare on")
     model = SmallModel(base_gguf, threads=threads, max_tokens=max_tokens)
+    whole = open_llama(base_gguf, adapter, threads=threads)
     same_text = same_decision = 0
     training_threads = torch.get_num_threads()
     # Token-by-token decoding is all tiny matmuls: extra torch threads only spin
@@ -160,13 +163,16 @@ def serving_agreement(
     try:
         model.load(adapter, "verify", catalog)
         for task in tqdm(tasks, desc="verify", leave=False):
+            prompt = render(task)
             ours = model.submit(task).result()[0]
-            theirs = normalize_label(peft_generate(peft_model, tokenizer, render(task),
-                                                   max_tokens))
+            guess = complete(whole, prompt, max_tokens)
+            theirs = normalize_label(peft_generate(peft_model, tokenizer, prompt, max_tokens,
+                                                   guess=guess))
             same_text += ours == theirs
             same_decision += catalog.resolve(ours) == catalog.resolve(theirs)
     finally:
         model.close()
+        whole.close()
         torch.set_num_threads(training_threads)
     return Agreement(same_text / len(tasks), same_decision / len(tasks), len(tasks))
 

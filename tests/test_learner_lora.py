@@ -213,6 +213,33 @@ def test_training_moves_greedy_output_to_targets(trained: Trained) -> None:
     assert normalize(base_out) != trained.targets[0]
 
 
+def test_a_guess_is_checked_in_one_pass_and_decoded_only_when_wrong(
+    trained: Trained, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, tok = trained.result.model, trained.result.tokenizer
+    plain = [peft_generate(model, tok, p, MAX_TOKENS) for p in trained.prompts[:4]]
+    with model.disable_adapter():  # the base runs on to the token limit: no end token
+        long = peft_generate(model, tok, trained.prompts[0], MAX_TOKENS)
+    decoded = 0
+    generate = model.generate
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal decoded
+        decoded += 1
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", counted)
+    for prompt, right in zip(trained.prompts, plain, strict=False):
+        assert peft_generate(model, tok, prompt, MAX_TOKENS, guess=right) == right
+    with model.disable_adapter():
+        assert peft_generate(model, tok, trained.prompts[0], MAX_TOKENS, guess=long) == long
+    assert decoded == 0  # right guesses: checked, never decoded
+    wrong = [plain[1], plain[0] + " and more", plain[0].split()[0], long[:-3]]
+    for guess in wrong:  # another task's answer, one too long, one cut short
+        assert peft_generate(model, tok, trained.prompts[0], MAX_TOKENS, guess=guess) == plain[0]
+    assert decoded == len(wrong)
+
+
 def test_gguf_metadata_and_tensor_names(trained: Trained) -> None:
     from gguf import GGUFReader
 
