@@ -34,8 +34,8 @@ SETTINGS = TrainSettings(r=16, alpha=32.0, lr=3e-3, min_lr_ratio=0.1, batch_size
                          converge_loss=0.02, converge_window=25)
 MIN_TRAIN_SECONDS = 60.0  # below this an adapter learns nothing worth gating
 # Time left after training, beyond scoring the new adapter: export, the llama.cpp/PEFT
-# agreement check (~0.6 s a task on one thread here when PEFT only checks llama.cpp's
-# label, ~1.7 s when it must decode its own) and slack for noise.
+# agreement check (1.2-1.5 s a task on one thread here: the proxy's label, llama.cpp's
+# whole completion, one PEFT pass; the slack covers the excess) and slack for noise.
 VERIFY_SECONDS_PER_TASK = 1.0
 SLACK_SECONDS = 15.0
 EVAL_MARGIN = 1.25  # the new adapter may run a little slower than the baseline did

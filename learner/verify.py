@@ -101,7 +101,7 @@ def _greedy_yields(model: Any, tokenizer: Any, prompt_ids: Any, guess: str,
 
     ids = [int(t) for t in tokenizer(guess, add_special_tokens=False)["input_ids"]]
     eos = tokenizer.eos_token_id
-    if len(ids) > max_tokens or eos in ids:  # decoding would have stopped sooner
+    if eos is None or len(ids) > max_tokens or eos in ids:  # (it would stop sooner)
         return None
     expected = [*ids, eos] if len(ids) < max_tokens else ids
     tail = torch.tensor([ids], dtype=prompt_ids.dtype, device=prompt_ids.device)

@@ -220,6 +220,7 @@ def test_a_guess_is_checked_in_one_pass_and_decoded_only_when_wrong(
     plain = [peft_generate(model, tok, p, MAX_TOKENS) for p in trained.prompts[:4]]
     with model.disable_adapter():  # the base runs on to the token limit: no end token
         long = peft_generate(model, tok, trained.prompts[0], MAX_TOKENS)
+    assert len(tok(long, add_special_tokens=False)["input_ids"]) == MAX_TOKENS
     decoded = 0
     generate = model.generate
 
