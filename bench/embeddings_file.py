@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from proxy.hints.embedder import PROMPT_HEAD, PROMPT_TAIL
 from proxy.hints.text import Vector, normalize
 
 
-def model_tag(model: Path) -> str:
-    return f"{model.name}:{model.stat().st_size}"
+def model_tag(model: Path, *, f16: bool) -> str:
+    """The model file, the weights it is evaluated from and the embedder's prompt."""
+    weights = "f16" if f16 else "as-is"
+    return f"{model.name}:{model.stat().st_size}:{weights}:{PROMPT_HEAD}{{task}}{PROMPT_TAIL}"
 
 
 class EmbeddingsFile:

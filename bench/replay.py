@@ -49,7 +49,7 @@ from proxy.hints.embedder import Embedder
 from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import Strategy, hint_text
 from proxy.hints.text import Vector
-from proxy.models import small_model_path
+from proxy.models import model_cache_dir, small_model_path
 from proxy.payloads import inject_hint
 
 SUMMARY = ("accuracy", "coverage", "uplift", "transfer", "retention", "adaptation")
@@ -62,7 +62,8 @@ def small_model_embeddings(config: Config) -> tuple[Embed, int, Embedder]:
     embedded once over all seeds."""
     guidance = config.guidance
     embedder = Embedder(small_model_path(config), threads=guidance.threads,
-                        batch_threads=guidance.batch_threads, cache_size=1_000_000)
+                        batch_threads=guidance.batch_threads, cache_size=1_000_000,
+                        f16_cache=model_cache_dir() if guidance.meaning_f16 else None)
     dim = embedder.load()
     return (lambda text: embedder.submit(text).result()), dim, embedder
 
@@ -72,7 +73,8 @@ def embeddings(config: Config, kept_in: Path | None) -> Iterator[tuple[Embed, in
     """The small model's embeddings and their dimension while the block runs; with
     ``kept_in``, read from and saved to that .npz file, so a text is embedded once
     across runs."""
-    kept = EmbeddingsFile(kept_in, model_tag(small_model_path(config))) if kept_in else None
+    tag = model_tag(small_model_path(config), f16=config.guidance.meaning_f16)
+    kept = EmbeddingsFile(kept_in, tag) if kept_in else None
     embed, dim, embedder = small_model_embeddings(config)
     try:
         yield (kept.wrap(embed) if kept else embed), dim

@@ -94,6 +94,7 @@ class GuidanceConfig:
     meaning: bool = True
     meaning_k: PositiveInt = 20
     meaning_min_similarity: SignedFraction = 0.3
+    meaning_f16: bool = True
     memory_size: PositiveInt = 50_000
     threads: PositiveInt = 1
     batch_threads: PositiveInt = 2

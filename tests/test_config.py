@@ -82,7 +82,7 @@ def test_config_is_frozen() -> None:
 
 def test_every_key_is_documented() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
-    documented = set(re.findall(r"`([a-z_\[\].]+)`", doc))
+    documented = set(re.findall(r"`([a-z0-9_\[\].]+)`", doc))
     missing = [k for k in documented_keys() if k not in documented]
     assert not missing, f"undocumented config keys: {missing}"
 

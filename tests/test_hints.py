@@ -263,8 +263,9 @@ def test_a_new_kind_of_task_gets_the_approach_of_tasks_alike_in_meaning(
         tmp_path: Path) -> None:
     """Mode both, real llama.cpp embeddings, no adapter: count mismatches succeed with
     alpha, poems with beta. A rail waybill and a retirement verse share no words with
-    either, so memory by words has nothing; memory by meaning names alpha and beta,
-    and again after a restart, rebuilt from the store."""
+    either, so memory by words has nothing; memory by meaning names alpha for the
+    waybill and nothing for the verse, and again after a restart, rebuilt from the
+    store."""
     from tests.conftest import proxy_config
     from tests.test_meaning import RAIL, VERSES, kind_tasks
 
@@ -296,11 +297,14 @@ def test_a_new_kind_of_task_gets_the_approach_of_tasks_alike_in_meaning(
         while httpx.get(f"{proxy.url}/healthz").json()["guidance"]["meaning_tasks"] < 24:
             assert time.monotonic() < deadline, "the embeddings never reached memory"
             time.sleep(0.1)
-        for task, expected in ((RAIL, "alpha"), (VERSES, "beta")):
-            row = proxy.wait_rows("SELECT * FROM calls WHERE request_id = ?", 1,
-                                  [send(task)])[0]
-            assert row["hint_source"] == "meaning" and expected in row["hint_text"], row
-            assert "alike in meaning" in json.loads(row["hint_stats"])["summary"]
+        row = proxy.wait_rows("SELECT * FROM calls WHERE request_id = ?", 1, [send(RAIL)])[0]
+        assert row["hint_source"] == "meaning" and "alpha" in row["hint_text"], row
+        assert "alike in meaning" in json.loads(row["hint_stats"])["summary"]
+        # The verses are nearest the poems, but too loosely for firm evidence (see
+        # test_meaning): no hint, and never the count mismatches' approach.
+        row = proxy.wait_rows("SELECT * FROM calls WHERE request_id = ?", 1,
+                              [send(VERSES)])[0]
+        assert row["hint_source"] is None and row["hint_text"] is None, row
 
 
 # -- the small model, adapters and hot-swap ------------------------------------------------

@@ -6,12 +6,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from proxy.config import GuidanceConfig
-from proxy.hints.embedder import BACKGROUND, RELOAD, URGENT, Embedder
+from proxy.hints.embedder import (
+    BACKGROUND,
+    MAX_TOKENS,
+    PROMPT_TAIL,
+    RELOAD,
+    URGENT,
+    Embedder,
+)
 from proxy.hints.meaning import MeaningMemory
 from proxy.hints.recommend import Recommender
 from proxy.hints.text import Vectorizer
@@ -109,8 +117,9 @@ def kind_tasks() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Iterator[Embedder]:
-    e = Embedder(default_gguf(), threads=1, batch_threads=2, cache_size=100)
+def embedder(model_cache: Path) -> Iterator[Embedder]:
+    e = Embedder(default_gguf(), threads=1, batch_threads=2, cache_size=100,
+                 f16_cache=model_cache)
     assert e.load() == 576  # SmolLM2-135M's hidden size
     yield e
     e.close()
@@ -125,13 +134,22 @@ def test_tasks_alike_in_meaning_share_evidence_where_words_do_not(embedder: Embe
         rec.observe_meaning(f"r{i}", f"r{i}", embedder.submit(task).result(), sid)
         rec.observe_outcome(f"r{i}", None, 1.0)
     words = Vectorizer(512)
-    for query, expected in ((RAIL, "alpha"), (VERSES, "beta")):
+    assert rec.meaning is not None
+    for query, expected in ((RAIL, ALPHA), (VERSES, BETA)):
         # No past task is near by words (the memory by words' threshold is 0.2)...
         assert max(float(words.vector(query) @ words.vector(t)) for t, _ in kind_tasks()) < 0.2
         assert rec.recommend(query).skip == "thin_evidence"
-        # ...and the nearest by meaning are the right kind, with enough outcomes.
-        got = rec.recommend_by_meaning(embedder.submit(query).result())
-        assert got.strategy is not None and expected in got.strategy.text, got.stats_json
+        # ...and the nearest by meaning are all of the right kind.
+        vector = embedder.submit(query).result()
+        nearest = rec.meaning.neighbours(vector, 8, -1.0)
+        assert len(nearest) == 8, query
+        assert {o.sid for o in nearest} == {rec.catalog.assign(expected)}, query
+    # The waybill is near enough to the manifests for a hint. The verses are placed
+    # right but looser (few poems above the 0.3 threshold, as short texts often are in
+    # this space): too few outcomes, so no hint rather than a guess.
+    got = rec.recommend_by_meaning(embedder.submit(RAIL).result())
+    assert got.strategy is not None and "alpha" in got.strategy.text, got.stats_json
+    assert rec.recommend_by_meaning(embedder.submit(VERSES).result()).skip == "thin_evidence"
 
 
 def test_embedder_caches_and_serves_a_waiting_hint_first(embedder: Embedder) -> None:
@@ -192,3 +210,38 @@ def test_closing_finishes_the_running_job_and_cancels_the_queued() -> None:
     closer.join(timeout=30)
     assert running.result() == "finished" and queued.cancelled()
     assert e.submit("after close").cancelled()  # never queued, never hangs
+
+
+def test_a_long_task_is_cut_before_the_prompt_closes_it(embedder: Embedder) -> None:
+    long = " ".join(f"step {i}: check the waybill against wagon {i}." for i in range(80))
+    prompt = embedder._prompt(long)
+    assert prompt.endswith(PROMPT_TAIL)  # the embedding is read after these words
+    tokens = embedder._model().tokenize(prompt.encode(), add_bos=False)
+    assert MAX_TOKENS - 4 <= len(tokens) <= MAX_TOKENS
+    assert embedder.submit(long).result().shape == (embedder.dim,)
+
+
+def test_embeddings_come_from_the_float16_copy_and_match_the_model_itself(
+        embedder: Embedder, model_cache: Path) -> None:
+    weights = embedder._weights()
+    assert weights.parent == model_cache and weights.name.endswith(".F16.gguf")
+    plain = Embedder(default_gguf(), threads=1, batch_threads=2, cache_size=10)
+    try:
+        for text in (RAIL, VERSES):
+            a, b = embedder.submit(text).result(), plain.submit(text).result()
+            cos = float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+            assert cos > 0.995, (text, cos)  # the same model, rounded differently
+    finally:
+        plain.close()
+
+
+def test_no_place_for_the_copy_embeds_from_the_model_itself(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    e = Embedder(default_gguf(), threads=1, batch_threads=1, cache_size=10,
+                 f16_cache=blocked / "models")
+    try:
+        assert e._weights() == default_gguf()
+        assert e.submit(RAIL).result().shape == (e.load(),)
+    finally:
+        e.close()

@@ -31,16 +31,16 @@ from proxy.hints.lru import LRU
 from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
 from proxy.hints.text import Vector, normalize
-from proxy.models import small_model_path
+from proxy.models import model_cache_dir, small_model_path
 from proxy.recorder import Recorder
 from proxy.store import Store
 
 log = logging.getLogger("tactician.hints")
 
 MAX_MODEL_BACKLOG = 2  # beyond this, a new request would only wait: skip instead
-# Finished calls waiting for their embedding (~65 ms each): a burst faster than that
-# is caught up with later, up to ~4 minutes behind; beyond, memory by meaning skips
-# some (it is a sample, not a record) rather than fall ever further behind the traffic.
+# Finished calls waiting for their embedding (~50 ms each on 2 cores): a burst faster
+# than that is caught up with later, up to 3-4 minutes behind; beyond, memory by meaning
+# skips some (it is a sample, not a record) rather than fall ever further behind the traffic.
 MAX_EMBED_BACKLOG = 4096
 
 
@@ -80,7 +80,8 @@ class HintEngine:
     async def _start_embedder(self, path: Path) -> None:
         embedder = Embedder(path, threads=self.cfg.threads,
                             batch_threads=self.cfg.batch_threads,
-                            cache_size=self.cfg.cache_size)
+                            cache_size=self.cfg.cache_size,
+                            f16_cache=model_cache_dir() if self.cfg.meaning_f16 else None)
         try:
             dim = await asyncio.to_thread(embedder.load)
         except Exception:  # a missing or broken llama_cpp or model file, ...
