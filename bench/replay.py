@@ -49,7 +49,7 @@ from proxy.hints.embedder import Embedder
 from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import Strategy, hint_text
 from proxy.hints.text import Vector
-from proxy.models import model_cache_dir, small_model_path
+from proxy.models import small_model_path
 from proxy.payloads import inject_hint
 
 SUMMARY = ("accuracy", "coverage", "uplift", "transfer", "retention", "adaptation")
@@ -60,10 +60,8 @@ def small_model_embeddings(config: Config) -> tuple[Embed, int, Embedder]:
     """The proxy's embedder on the proxy's small model (``small_model_path``),
     answered synchronously; it caches every text, so each of a world's texts is
     embedded once over all seeds."""
-    guidance = config.guidance
-    embedder = Embedder(small_model_path(config), threads=guidance.threads,
-                        batch_threads=guidance.batch_threads, cache_size=1_000_000,
-                        f16_cache=model_cache_dir() if guidance.meaning_f16 else None)
+    embedder = Embedder.for_guidance(small_model_path(config), config.guidance,
+                                     cache_size=1_000_000)
     dim = embedder.load()
     return (lambda text: embedder.submit(text).result()), dim, embedder
 

@@ -25,13 +25,16 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from proxy.hints.lru import LRU
 from proxy.hints.text import Vector, normalize
-from proxy.models import f16_copy
+from proxy.models import f16_copy, model_cache_dir
+
+if TYPE_CHECKING:
+    from proxy.config import GuidanceConfig
 
 log = logging.getLogger("tactician.hints.embedder")
 
@@ -65,6 +68,15 @@ class Embedder:
         self._order = itertools.count()  # FIFO within a priority
         self._thread = threading.Thread(target=self._work, name="embedder", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def for_guidance(cls, model_path: Path, guidance: GuidanceConfig, *,
+                     cache_size: int) -> Embedder:
+        """The embedder ``guidance`` asks for: its threads, and the float16 copy in the
+        machine's model cache unless ``meaning_f16`` is off."""
+        return cls(model_path, threads=guidance.threads, batch_threads=guidance.batch_threads,
+                   cache_size=cache_size,
+                   f16_cache=model_cache_dir() if guidance.meaning_f16 else None)
 
     def load(self) -> int:
         """Build the context on the worker thread (blocking); the embeddings' size."""

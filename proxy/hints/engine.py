@@ -31,7 +31,7 @@ from proxy.hints.lru import LRU
 from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
 from proxy.hints.text import Vector, normalize
-from proxy.models import model_cache_dir, small_model_path
+from proxy.models import small_model_path
 from proxy.recorder import Recorder
 from proxy.store import Store
 
@@ -78,10 +78,7 @@ class HintEngine:
         self.watcher.start()
 
     async def _start_embedder(self, path: Path) -> None:
-        embedder = Embedder(path, threads=self.cfg.threads,
-                            batch_threads=self.cfg.batch_threads,
-                            cache_size=self.cfg.cache_size,
-                            f16_cache=model_cache_dir() if self.cfg.meaning_f16 else None)
+        embedder = Embedder.for_guidance(path, self.cfg, cache_size=self.cfg.cache_size)
         try:
             dim = await asyncio.to_thread(embedder.load)
         except Exception:  # a missing or broken llama_cpp or model file, ...
