@@ -21,16 +21,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.sim.loader import load_world
+from bench.sim import OFFICE_OPS, OWN_WORLDS, load_world
 from proxy.hints.embedder import MAX_TOKENS, PROMPT_HEAD, PROMPT_TAIL
 from proxy.models import default_gguf, f16_copy, model_cache_dir
 
-WORLDS = Path(__file__).parent / "worlds"
-SHARED_WORLD = Path(__file__).resolve().parents[2] / "shared/bench/worlds/office-ops.yaml"
-
 
 def task_texts(per_world: int) -> list[str]:
-    paths = sorted(WORLDS.glob("*.yaml")) + ([SHARED_WORLD] if SHARED_WORLD.is_file() else [])
+    paths = sorted(OWN_WORLDS.glob("*.yaml")) + ([OFFICE_OPS] if OFFICE_OPS.is_file() else [])
     return [task.text for path in paths for task in load_world(path).stream()[:per_world]]
 
 

@@ -25,12 +25,12 @@ from typing import Any
 import openai
 
 from bench.harness.processes import ProxyProcess, arm_guidance, last_line, run_learner, tail
-from bench.sim import load_world
+from bench.sim import OFFICE_OPS, load_world
 from bench.sim.metrics import percentile
 from bench.sim.server import SimServer
 from proxy.store import open_for_reading
 
-DEFAULT_WORLD = Path(__file__).resolve().parents[2] / "shared/bench/worlds/office-ops.yaml"
+DEFAULT_WORLD = OFFICE_OPS
 
 
 def timed_call(client: openai.OpenAI, system: str | None, text: str) -> tuple[float, str]:

@@ -36,13 +36,13 @@ from tqdm.auto import tqdm
 
 from bench.harness.agent import Agent, ArmResult
 from bench.harness.processes import ProxyProcess, arm_guidance, last_line, run_learner, tail
-from bench.sim import load_world
+from bench.sim import OFFICE_OPS, load_world
 from bench.sim.server import SimServer
 from bench.sim.world import Task, World
 from learner import publish
 from proxy.config import load_config
 
-DEFAULT_WORLD = Path(__file__).resolve().parents[2] / "shared/bench/worlds/office-ops.yaml"
+DEFAULT_WORLD = OFFICE_OPS
 TARGET_S = 600.0  # issue #4: a nightly run on 2,000 trajectories on 2 CPU cores
 
 

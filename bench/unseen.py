@@ -24,14 +24,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.sim import load_world
+from bench.sim import OFFICE_OPS, OWN_WORLDS, load_world
 from bench.sim.world import World, earliest_named
 from proxy.hints.prompt import STOP, chat, render
 from proxy.models import default_gguf
 
-WORLDS = [Path(__file__).resolve().parents[2] / "shared/bench/worlds/office-ops.yaml",
-          Path(__file__).resolve().parent / "worlds/release-desk.yaml",
-          Path(__file__).resolve().parent / "worlds/law-firm.yaml"]
+WORLDS = [OFFICE_OPS, OWN_WORLDS / "release-desk.yaml", OWN_WORLDS / "law-firm.yaml"]
 METHOD_SYSTEM = ("Suggest a well-known method for this task. "
                  "Answer with the method's name only.")
 

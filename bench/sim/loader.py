@@ -38,6 +38,12 @@ _CHANGE: Keys = (frozenset(), frozenset({"prior", "success", "success_default"})
 _ANY: Keys = (frozenset(), None)
 
 
+_BENCH = Path(__file__).resolve().parents[1]
+OWN_WORLDS = _BENCH / "worlds"  # the worlds written for this project
+# The spec's world, in the shared folder beside the repository.
+OFFICE_OPS = _BENCH.parents[1] / "shared/bench/worlds/office-ops.yaml"
+
+
 def load_world(path: str | Path) -> World:
     """Read and validate a world file; raises WorldError naming what is wrong."""
     return parse_world(Path(path).read_text(encoding="utf-8"), source=str(path))
