@@ -227,6 +227,7 @@ def test_retrieval_recommends_what_worked(make_proxy: Callable[..., ProxyHandle]
     assert sent[0]["content"] == ("Be careful.\n\n" + hint if position == "end" else
                                   hint + "\n\nBe careful.")
     assert late[-1]["system_text"] == "Be careful."
+    proxy.wait_rows("SELECT * FROM call_outcomes", 30)  # outcomes are written after calls
     report = httpx.get(f"{proxy.base_url}/tactician/stats").json()
     assert report["arms"]["guided"]["episodes"] == 30
 
