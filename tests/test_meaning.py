@@ -145,8 +145,8 @@ def test_tasks_alike_in_meaning_share_evidence_where_words_do_not(embedder: Embe
         assert len(nearest) == 8, query
         assert {o.sid for o in nearest} == {rec.catalog.assign(expected)}, query
     # The waybill is near enough to the manifests for a hint. The verses are placed
-    # right but looser (few poems above the 0.3 threshold, as short texts often are in
-    # this space): too few outcomes, so no hint rather than a guess.
+    # right but looser (8 poems above the 0.1 threshold, as short texts often are in
+    # this space): fewer outcomes than min_evidence, so no hint rather than a guess.
     got = rec.recommend_by_meaning(embedder.submit(RAIL).result())
     assert got.strategy is not None and "alpha" in got.strategy.text, got.stats_json
     assert rec.recommend_by_meaning(embedder.submit(VERSES).result()).skip == "thin_evidence"
