@@ -132,9 +132,13 @@ def guided_arm(world: World, guidance: GuidanceConfig,
 
 def choose(rec: Recommender, text: str,
            embed: Embed | None) -> tuple[Strategy | None, str | None]:
-    """The engine's choice without the LoRA model: words, then (if given) meaning;
-    with the memory that made it."""
+    """The engine's choice without the LoRA model: words, then (if given) meaning, which
+    also challenges a weak answer by words; with the memory that made it."""
     by_words = rec.recommend(text)
+    if embed is not None and rec.challengeable(by_words):
+        challenger = rec.challenge(by_words, embed(text))
+        if challenger is not None:
+            return challenger.strategy, "meaning"
     if by_words.skip != "thin_evidence" or embed is None:
         return by_words.strategy, "words" if by_words.strategy is not None else None
     by_meaning = rec.recommend_by_meaning(embed(text)).strategy

@@ -95,6 +95,8 @@ class GuidanceConfig:
     meaning_k: PositiveInt = 20
     meaning_min_similarity: SignedFraction = 0.1
     meaning_f16: bool = True
+    meaning_challenge_below: Fraction = 0.65  # 0: never
+    meaning_challenge_tries: NonNegativeInt = 3
     memory_size: PositiveInt = 50_000
     threads: PositiveInt = 1
     batch_threads: PositiveInt = 2

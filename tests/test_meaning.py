@@ -96,6 +96,57 @@ def test_meaning_names_what_worked_on_the_nearest_tasks_once_evidence_is_firm() 
     assert Recommender(GuidanceConfig()).recommend_by_meaning(query).skip == "thin_evidence"
 
 
+GAMMA = "Gamma routine: filed it and waited for a reply. Done."
+
+
+def observe_kind_c(rec: Recommender, start: int, count: int, answer: str,
+                   wins: float) -> None:
+    """Kind c: texts alike in words, whose embeddings sit near kind a's."""
+    for i in range(start, start + count):
+        rid = f"c{i}"
+        sid = rec.observe_call(rid, rid, f"reconcile ledger {i} before the quarterly close",
+                               answer)
+        assert sid is not None
+        rec.observe_meaning(rid, rid, vec(10, 1, 0, 0.2), sid)
+        # Wins spread evenly through the run: a run of wins then of failures would
+        # read as a change in what works.
+        k = i - start
+        rec.observe_outcome(rid, None, float(int((k + 1) * wins) > int(k * wins)))
+
+
+def test_meaning_challenges_a_weak_answer_by_words_with_an_approach_little_tried() -> None:
+    """Kind c's own approach (gamma) works half the time; the tasks nearest it in
+    meaning (kind a) firmly show alpha working. Alpha is named until it has had
+    ``meaning_challenge_tries`` tries on kind c; then the words' evidence decides."""
+    task, query = "reconcile ledger 99 before the quarterly close", vec(10, 1, 0, 0.2)
+    rec = recommender_by_meaning(12, {"a": 0.9, "b": 0.9})
+    observe_kind_c(rec, 0, 12, GAMMA, wins=0.5)
+    by_words = rec.recommend(task)
+    assert by_words.strategy is not None and "Gamma" in by_words.strategy.text
+    assert rec.challengeable(by_words)
+    challenger = rec.challenge(by_words, query)
+    assert challenger is not None and challenger.strategy is not None
+    assert "alpha" in challenger.strategy.text and challenger.source == "meaning"
+    # Three tries of alpha on kind c (one worked): the words' own evidence now decides.
+    observe_kind_c(rec, 12, 3, ALPHA, wins=0.34)
+    assert rec.challenge(rec.recommend(task), query) is None
+    # Never where the words' answer is firm and strong, or where challenges are off.
+    strong = recommender_by_meaning(12, {"a": 0.9, "b": 0.9})
+    observe_kind_c(strong, 0, 12, GAMMA, wins=0.9)
+    assert not strong.challengeable(strong.recommend(task))
+    off = recommender_by_meaning(12, {"a": 0.9, "b": 0.9}, meaning_challenge_below=0.0)
+    observe_kind_c(off, 0, 12, GAMMA, wins=0.5)
+    assert not off.challengeable(off.recommend(task))
+    # Nothing known here works (low_success): challengeable too.
+    poor = recommender_by_meaning(12, {"a": 0.9, "b": 0.9})
+    observe_kind_c(poor, 0, 12, GAMMA, wins=0.1)
+    low = poor.recommend(task)
+    assert low.skip == "low_success" and poor.challengeable(low)
+    challenger = poor.challenge(low, query)
+    assert challenger is not None and challenger.strategy is not None
+    assert "alpha" in challenger.strategy.text
+
+
 KIND_A = ["The ship manifest for voyage {} lists 412 containers but the yard counted 409. "
           "Reconcile the counts.",
           "Yard count for voyage {} is 388 boxes while the manifest says 391. "

@@ -5,7 +5,8 @@ when that evidence is strong, name the approach it shows working best, or none w
 nothing known works well enough (``recommend.py``); when it is thin — a new kind of
 task — look for tasks alike in meaning (the small model's embeddings, ``embedder.py``)
 and, failing that, ask the small model (LoRA-trained on past outcomes) which approach
-fits.
+fits. Where it is firm but weak (nothing works, or the best works barely half the
+time), the tasks alike in meaning may challenge it with an approach little tried here.
 Everything it does is recorded on the call, and any failure leaves the call unguided:
 the engine fails open.
 """
@@ -28,7 +29,7 @@ from proxy.hints.adapters import AdapterWatcher
 from proxy.hints.embedder import BACKGROUND, RELOAD, URGENT, Embedder
 from proxy.hints.llm import SmallModel
 from proxy.hints.lru import LRU
-from proxy.hints.recommend import Recommender
+from proxy.hints.recommend import Recommendation, Recommender
 from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
 from proxy.hints.text import Vector, normalize
 from proxy.models import small_model_path
@@ -196,6 +197,10 @@ class HintEngine:
             return await self._from_model(call, task, start)
         rec = self.recommender.recommend(task)
         g["hint_stats"] = rec.stats_json
+        if self.cfg.mode == "both" and self.recommender.challengeable(rec):
+            challenger = await self._by_meaning(call, task, start, against=rec)
+            if challenger is not None:
+                return challenger
         if rec.strategy is not None:
             g["hint_source"] = rec.source
             return rec.strategy
@@ -215,8 +220,10 @@ class HintEngine:
             g["hint_source"] = "model_outvoted"
         return chosen
 
-    async def _by_meaning(self, call: Call, task: str, start: float) -> Strategy | None:
-        """Evidence from the tasks nearest in meaning, if the embedding comes in time."""
+    async def _by_meaning(self, call: Call, task: str, start: float,
+                          against: Recommendation | None = None) -> Strategy | None:
+        """Evidence from the tasks nearest in meaning, if the embedding comes in time;
+        with ``against``, only as a challenge to that weak answer by words."""
         embedder, meaning = self.embedder, self.recommender.meaning
         if embedder is None or meaning is None:
             return None
@@ -226,7 +233,14 @@ class HintEngine:
             vec = await self._embed_now(embedder, task, start)
         if vec is None:
             return None
-        rec = self.recommender.recommend_by_meaning(vec)
+        if against is not None:
+            challenger = self.recommender.challenge(against, vec)
+            self.counters["meaning:challenge" if challenger else "meaning:unchallenged"] += 1
+            if challenger is None:
+                return None
+            rec = challenger
+        else:
+            rec = self.recommender.recommend_by_meaning(vec)
         if rec.strategy is None:
             self.counters[f"meaning:{rec.skip}"] += 1
             return None

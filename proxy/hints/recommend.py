@@ -114,6 +114,40 @@ class Recommender:
             return Recommendation(None, None, stats_json, stats, skip)
         return Recommendation(self.catalog.get(best.sid), "meaning", stats_json, stats)
 
+    def challengeable(self, rec: Recommendation) -> bool:
+        """Whether the words' answer is weak enough for memory by meaning to challenge:
+        nothing known here works well enough (``low_success``), or the best known is
+        estimated to succeed under ``meaning_challenge_below``."""
+        if self.meaning is None or self.cfg.meaning_challenge_below <= 0:
+            return False
+        if rec.skip == "low_success":
+            return True
+        if rec.source != "retrieval" or rec.strategy is None:
+            return False
+        estimate = evidence.estimates(rec.stats).get(self.catalog.canonical(rec.strategy.id))
+        return estimate is not None and estimate < self.cfg.meaning_challenge_below
+
+    def challenge(self, rec: Recommendation, embedding: Vector) -> Recommendation | None:
+        """The approach the tasks nearest in meaning firmly name, where it has been tried
+        fewer than ``meaning_challenge_tries`` times on tasks like this one (``rec``, a
+        ``challengeable`` answer by words); else None, and the words' answer stands.
+
+        A kind of task whose own approaches work only half the time may be best met
+        by one the big model never picks for it but uses on tasks like it in meaning
+        (an approach seen elsewhere otherwise gets its exploratory tries only once
+        nothing here works, and in no particular order). After those few tries the
+        words' own evidence on it decides, as for any approach. Chosen with
+        ``bench.replay`` over 20 seeds of ten worlds (docs/benchmarks.md, "Memory by
+        meaning as a challenger").
+        """
+        by_meaning = self.recommend_by_meaning(embedding)
+        if by_meaning.strategy is None:
+            return None
+        tried = rec.stats.get(self.catalog.canonical(by_meaning.strategy.id))
+        if tried is not None and tried.n >= self.cfg.meaning_challenge_tries:
+            return None
+        return by_meaning
+
     def _firm_best(self, stats: dict[str, evidence.StrategyStats],
                    ) -> tuple[evidence.StrategyStats | None, str | None]:
         """The strategy the evidence names, or why none: "thin_evidence" (fewer than
