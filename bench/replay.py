@@ -104,7 +104,7 @@ def guided_arm(world: World, guidance: GuidanceConfig,
                meaning: tuple[Embed, int] | None = None,
                sources: list[str | None] | None = None) -> list[TaskRecord]:
     """The guided arm; ``sources``, if given, receives each task's hint source in
-    stream order ("words", "meaning", or None when unhinted)."""
+    stream order ("words", "meaning", "meaning_challenge", or None when unhinted)."""
     rec = Recommender(guidance)
     if meaning is not None:
         rec.use_meaning(meaning[1])
@@ -138,7 +138,7 @@ def choose(rec: Recommender, text: str,
     if embed is not None and rec.challengeable(by_words):
         challenger = rec.challenge(by_words, embed(text))
         if challenger is not None:
-            return challenger.strategy, "meaning"
+            return challenger.strategy, "meaning_challenge"
     if by_words.skip != "thin_evidence" or embed is None:
         return by_words.strategy, "words" if by_words.strategy is not None else None
     by_meaning = rec.recommend_by_meaning(embed(text)).strategy

@@ -173,9 +173,8 @@ class StrategyUpstream(FakeUpstream):
     async def chat(self, request):  # type: ignore[no-untyped-def]
         body = await self._record(request)
         system = " ".join(m["content"] for m in body["messages"] if m["role"] == "system")
-        n = len(self.received)
         use = "alpha" if "alpha" in system else ("beta" if "beta" in system else
-                                                 ("alpha" if n % 2 else "beta"))
+                                                 self.unguided(body))
         text = ("I used the alpha method: worked through it step by step. Done." if use ==
                 "alpha" else "Went with beta guesswork, skipping every check. Done.")
         from starlette.responses import JSONResponse
@@ -184,15 +183,35 @@ class StrategyUpstream(FakeUpstream):
                                                         "message": {"role": "assistant",
                                                                     "content": text}}]})
 
+    def unguided(self, body: dict[str, Any]) -> str:
+        return "alpha" if len(self.received) % 2 else "beta"
 
-@pytest.fixture
-def strategy_upstream() -> Iterator[StrategyUpstream]:
+
+class WaybillUpstream(StrategyUpstream):
+    """Never picks alpha for a rail waybill on its own: only a hint gets it there."""
+
+    def unguided(self, body: dict[str, Any]) -> str:
+        if "waybill" in json.dumps(body["messages"]):
+            return "beta"
+        return super().unguided(body)
+
+
+def serve(up: StrategyUpstream) -> Iterator[StrategyUpstream]:
     from tests.servers import ServerThread
 
-    up = StrategyUpstream()
     with ServerThread(up.app) as srv:
         up.url = srv.url  # type: ignore[attr-defined]
         yield up
+
+
+@pytest.fixture
+def strategy_upstream() -> Iterator[StrategyUpstream]:
+    yield from serve(StrategyUpstream())
+
+
+@pytest.fixture
+def waybill_upstream() -> Iterator[StrategyUpstream]:
+    yield from serve(WaybillUpstream())
 
 
 @pytest.mark.parametrize("position", ["end", "start"])
@@ -310,6 +329,55 @@ def test_a_new_kind_of_task_gets_the_approach_of_tasks_alike_in_meaning(
                               [send(VERSES)])[0]
         if row["hint_text"] is not None:
             assert row["hint_source"] == "meaning" and "beta" in row["hint_text"], row
+
+
+def test_tasks_alike_in_meaning_challenge_a_weak_answer_by_words(
+        make_proxy: Callable[..., ProxyHandle], waybill_upstream: StrategyUpstream,
+        tmp_path: Path) -> None:
+    """Rail waybills are recorded with beta, which works 6 times in 10; the big model
+    never tries alpha on them. Ship manifests, alike in meaning but not in words, work
+    with alpha. After a restart in mode both (memory by meaning rebuilt from the store,
+    real llama.cpp embeddings), waybills get alpha as a challenge; alpha fails on them
+    here, and after its three tries memory by words decides on its own evidence."""
+    from tests.conftest import proxy_config
+    from tests.test_meaning import RAIL, kind_tasks
+
+    def config(mode: str) -> Any:
+        return proxy_config(tmp_path, waybill_upstream.url,  # type: ignore[attr-defined]
+                            guidance={"enabled": True, "mode": mode, "holdout": 0.0,
+                                      "budget_ms": 5000})
+
+    def send(proxy: ProxyHandle, task: str, works: str | bool) -> dict[str, Any]:
+        """One call; its outcome is whether its answer used ``works``, if a name."""
+        c = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
+        rid = c.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": task}]).headers["x-request-id"]
+        row = proxy.wait_rows("SELECT * FROM calls WHERE request_id = ?", 1, [rid])[0]
+        success = works in row["response_text"] if isinstance(works, str) else works
+        httpx.post(f"{proxy.base_url}/outcomes", json={
+            "request_id": rid, "success": success}).raise_for_status()
+        return row
+
+    proxy = make_proxy(config("retrieval"))
+    for task, answer in kind_tasks():
+        send(proxy, task, "alpha" if "alpha" in answer else "beta")
+    for i in range(10):
+        row = send(proxy, RAIL.replace("4471", str(4400 + i)), i % 5 < 3)  # 6 of 10
+        assert "beta" in row["response_text"]
+    proxy.server.stop()
+    proxy = make_proxy(config("both"))
+    deadline = time.monotonic() + 60  # 34 embeddings after two model loads, on busy cores
+    while httpx.get(f"{proxy.url}/healthz").json()["guidance"]["meaning_tasks"] < 34:
+        assert time.monotonic() < deadline, "the embeddings never reached memory"
+        time.sleep(0.1)
+    for i in range(3):
+        row = send(proxy, RAIL.replace("4471", str(4500 + i)), False)
+        assert row["hint_source"] == "meaning_challenge" and "alpha" in row["hint_text"], row
+        assert "alike in meaning" in json.loads(row["hint_stats"])["summary"]
+    row = send(proxy, RAIL, False)
+    assert row["hint_source"] == "retrieval" and "beta" in row["hint_text"], row
+    assert httpx.get(f"{proxy.url}/healthz").json()["guidance"]["hints"][
+        "meaning:challenge"] == 3
 
 
 # -- the small model, adapters and hot-swap ------------------------------------------------

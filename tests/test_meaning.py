@@ -126,7 +126,7 @@ def test_meaning_challenges_a_weak_answer_by_words_with_an_approach_little_tried
     assert rec.challengeable(by_words)
     challenger = rec.challenge(by_words, query)
     assert challenger is not None and challenger.strategy is not None
-    assert "alpha" in challenger.strategy.text and challenger.source == "meaning"
+    assert "alpha" in challenger.strategy.text and challenger.source == "meaning_challenge"
     # Three tries of alpha on kind c (one worked): the words' own evidence now decides.
     observe_kind_c(rec, 12, 3, ALPHA, wins=0.34)
     assert rec.challenge(rec.recommend(task), query) is None

@@ -6,6 +6,7 @@ well under a millisecond, and it can be replayed offline over a task stream.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ MEANING_CAPACITY = 10_000
 @dataclass(frozen=True)
 class Recommendation:
     strategy: Strategy | None
-    source: str | None  # "retrieval" | "explore" | "meaning", when there is a strategy
+    # When there is a strategy: "retrieval" | "explore" | "meaning" | "meaning_challenge"
+    source: str | None
     stats_json: str | None  # the evidence, as recorded on the call
     stats: dict[str, evidence.StrategyStats] = field(default_factory=dict)
     # Why there is none: "thin_evidence" (too few outcomes among similar tasks: ask the
@@ -146,7 +148,7 @@ class Recommender:
         tried = rec.stats.get(self.catalog.canonical(by_meaning.strategy.id))
         if tried is not None and tried.n >= self.cfg.meaning_challenge_tries:
             return None
-        return by_meaning
+        return dataclasses.replace(by_meaning, source="meaning_challenge")
 
     def _firm_best(self, stats: dict[str, evidence.StrategyStats],
                    ) -> tuple[evidence.StrategyStats | None, str | None]:
