@@ -111,7 +111,8 @@ class Cycle:
         result = self.timed("train", lambda: self._train(dataset, base, work / "peft", budget))
         gguf = self.timed("export", lambda: export_lora_gguf(
             result.adapter_dir, BaseShape.from_gguf(base), None, work / "adapter.gguf"))
-        agree = self.timed("verify", lambda: self._verify(dataset, base, gguf, result))
+        agree = self.timed("verify", lambda: self._verify(dataset, base, gguf, result,
+                                                          baseline.eval_seconds))
         if agree < AGREEMENT_MIN:
             return Outcome("failed", "refused", None,
                            f"llama.cpp decides like PEFT on only {agree:.0%} of held-out "
@@ -181,14 +182,27 @@ class Cycle:
             f"(loss {result.losses[0]:.3f} → {result.losses[-1]:.3f})")
         return result
 
-    def _verify(self, dataset: Dataset, base: Path, gguf: Path, result: TrainResult) -> float:
+    def _verify(self, dataset: Dataset, base: Path, gguf: Path, result: TrainResult,
+                eval_seconds: float) -> float:
+        """How often llama.cpp with the export decides like PEFT: on VERIFY_SAMPLE
+        tasks, or twice that where the first fall short and the run has time left."""
         from learner.gate import serving_agreement  # noqa: PLC0415
 
         pool = [*dataset.heldout_items, *dataset.replay_items, *dataset.train_items]
-        tasks = list(dict.fromkeys(it.episode.task for it in pool))[:VERIFY_SAMPLE]
+        tasks = list(dict.fromkeys(it.episode.task for it in pool))[:2 * VERIFY_SAMPLE]
+        # Another batch, then the gate, within max_run_seconds.
+        after = (VERIFY_SAMPLE * VERIFY_SECONDS_PER_TASK + EVAL_MARGIN * eval_seconds
+                 + SLACK_SECONDS)
+        ends = self.started + self.config.learner.max_run_seconds
+
+        def more_time() -> bool:
+            return time.monotonic() + after <= ends
+
         agree = serving_agreement(base, gguf, result.model, result.tokenizer, tasks,
                                   dataset.catalog, threads=self.config.guidance.threads,
-                                  max_tokens=self.config.guidance.max_hint_tokens)
+                                  max_tokens=self.config.guidance.max_hint_tokens,
+                                  batch=VERIFY_SAMPLE, enough=AGREEMENT_MIN,
+                                  more_time=more_time)
         self.metrics["agreement"] = asdict(agree)
         say(f"llama.cpp/PEFT agreement on {agree.n} held-out tasks: decisions "
             f"{agree.decision:.0%}, text {agree.text:.0%}")
