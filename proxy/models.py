@@ -75,8 +75,11 @@ def f16_copy(source: Path, cache_dir: Path) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_F16
     params.allow_requantize = True  # dequantize Q4_1, then store as float16
-    # llama.cpp logs every tensor it converts at INFO through llama-cpp-python's logger.
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    # llama.cpp logs every tensor it converts at INFO through llama-cpp-python's logger:
+    # quiet for the conversion only, so the rest of the process logs as configured.
+    logger = logging.getLogger("llama-cpp-python")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
         rc = llama_cpp.llama_model_quantize(str(source).encode(), tmp.encode(),
                                             ctypes.byref(params))
@@ -84,6 +87,7 @@ def f16_copy(source: Path, cache_dir: Path) -> Path:
             raise OSError(f"llama.cpp could not convert {source} to float16 (rc {rc})")
         os.replace(tmp, target)
     finally:
+        logger.setLevel(level)
         Path(tmp).unlink(missing_ok=True)
     for stale in cache_dir.glob(f"{source.stem}.*.F16.gguf"):
         if stale != target:

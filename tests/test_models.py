@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -26,7 +27,10 @@ def test_the_copy_is_made_once_holds_the_same_weights_and_follows_a_new_source(
     source.parent.mkdir()
     shutil.copyfile(default_gguf(), source)
     cache = tmp_path / "cache"
+    logger = logging.getLogger("llama-cpp-python")
+    level = logger.level
     copy = f16_copy(source, cache)
+    assert logger.level == level  # quiet during the conversion only
     made = copy.stat().st_mtime_ns
     assert f16_copy(source, cache) == copy and copy.stat().st_mtime_ns == made  # reused
     assert [p.name for p in cache.iterdir()] == [copy.name]  # no temporary left behind
@@ -51,6 +55,8 @@ def test_a_file_that_is_not_a_model_is_refused_and_leaves_nothing(tmp_path: Path
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(default_gguf().read_bytes()[: 1 << 20])
     cache = tmp_path / "cache"
+    level = logging.getLogger("llama-cpp-python").level
     with pytest.raises(OSError, match="could not convert"):
         f16_copy(broken, cache)
     assert list(cache.iterdir()) == []
+    assert logging.getLogger("llama-cpp-python").level == level
