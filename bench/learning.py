@@ -1,7 +1,8 @@
 """The learning benchmark: a world's task stream through the real proxy, twice.
 
 ``python -m bench.learning --world FILE --out report.json [--plot curves.png]
-[--guidance both|retrieval-only|model-only] [--scale 0.5] [--arms both|control|guided]``
+[--guidance both|retrieval-only|model-only] [--scale 0.5] [--arms both|control|guided]
+[--seed N] [--set KEY=VALUE ...]``
 
 The control arm runs the proxy with guidance off; the guided arm with hints on in the
 chosen mode and, when that mode uses the small model, ``python -m learner train`` after
@@ -25,6 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from bench.harness.agent import ArmResult, ArmSpec, run_arm
+from bench.harness.processes import arm_guidance, guidance_settings
 from bench.harness.report import metrics_json, plot, summary_table
 from bench.sim import load_world
 from bench.sim.metrics import (
@@ -37,6 +39,8 @@ from bench.sim.metrics import (
 )
 from bench.sim.server import SimServer
 from bench.sim.world import World
+from proxy.config import load_config
+from proxy.errors import ConfigError
 
 MODES = {"both": "both", "retrieval-only": "retrieval", "model-only": "model"}
 DEFAULT_LEARNER_TIMEOUT_S = 1800.0
@@ -62,12 +66,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="the guided arm's guidance.budget_ms (default: the proxy's); "
                              "a larger one measures the small model's choices where this "
                              "CPU cannot answer within the default")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="another guidance key for the guided arm, e.g. "
+                             "meaning_challenge_below=0 (an ablation)")
+    parser.add_argument("--seed", type=int,
+                        help="run the world with this seed instead of its own: another "
+                             "instance of the same world (bench.replay's seeds)")
     parser.add_argument("--keep", action="store_true", help="keep the arms' stores and logs")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be positive")
     if args.budget_ms is not None and args.budget_ms <= 0:
         parser.error("--budget-ms must be positive")
+    try:
+        args.settings = guidance_settings(args.set)
+        load_config({"guidance": arm_guidance(MODES[args.guidance], args.budget_ms,
+                                              args.settings)})
+    except (ValueError, ConfigError) as exc:
+        parser.error(f"--set: {exc}")
     return args
 
 
@@ -84,7 +100,8 @@ def arm_specs(args: argparse.Namespace) -> list[ArmSpec]:
     learner = args.learner == "on" or (args.learner == "auto" and mode != "retrieval")
     specs = {
         "control": ArmSpec("control", None, False, args.learner_timeout),
-        "guided": ArmSpec("guided", mode, learner, args.learner_timeout, args.budget_ms),
+        "guided": ArmSpec("guided", mode, learner, args.learner_timeout, args.budget_ms,
+                          args.settings),
     }
     return [specs[a] for a in (("control", "guided") if args.arms == "both" else (args.arms,))]
 
@@ -142,6 +159,8 @@ def build_report(args: argparse.Namespace, argv: list[str], world: World,
         "guidance": args.guidance,
         "scale": args.scale,
         "budget_ms": args.budget_ms,
+        "settings": args.settings,
+        "seed": world.seed,
         "metrics": metrics_json(report),
         "reachable_accuracy": reachable_accuracy(world),
         "retrain": retrain_json(results),
@@ -180,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     world = scale_world(load_world(args.world), args.scale)
+    if args.seed is not None:
+        world = replace(world, seed=args.seed)
     start = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix=f"tactician-bench-{world.name}-"))
     try:

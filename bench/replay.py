@@ -35,9 +35,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench.embeddings_file import EmbeddingsFile, model_tag
+from bench.harness.processes import guidance_settings
 from bench.harness.report import fmt
 from bench.sim import load_world
 from bench.sim.metrics import ArmLog, Report, compute
@@ -166,15 +165,11 @@ def summary(report: Report) -> dict[str, float | None]:
 def replay_config(overrides: list[str]) -> Config:
     """The proxy's guidance defaults with ``KEY=VALUE`` overrides, validated as the
     proxy validates its config file (unknown keys and bad values are errors)."""
-    values: dict[str, Any] = {"enabled": True, "mode": "retrieval", "holdout": 0.0}
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
-        values[key.strip()] = yaml.safe_load(value)
     try:
+        values = {"enabled": True, "mode": "retrieval", "holdout": 0.0,
+                  **guidance_settings(overrides)}
         return load_config({"guidance": values})
-    except ConfigError as exc:
+    except (ValueError, ConfigError) as exc:
         raise SystemExit(f"--set: {exc}") from exc
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from bench.harness.processes import arm_guidance, last_line, proxy_config, run_learner
-from bench.learning import main, scale_world
+from bench.learning import main, parse_args, scale_world
 from bench.replay import main as replay_main
 from bench.replay import replay, replay_config
 from bench.sim import parse_world
@@ -119,6 +120,28 @@ def test_retrieval_only_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         for name in ("guided_success", "control_success", "coverage", "accuracy",
                      "adaptation"):
             assert online[name] == getattr(scope, name), (scope.scope, name)
+
+
+def test_another_seed_and_guidance_settings_reach_the_guided_arm(tmp_path: Path) -> None:
+    """--seed runs another instance of the world (the replay gives its numbers too);
+    --set passes a guidance key to the guided arm's proxy: with evidence never enough
+    to act on, it never hints."""
+    seeded = replace(parse_world(TINY_WORLD), seed=3)
+    report = run_bench(tmp_path, "--guidance", "retrieval-only", "--seed", "3")
+    assert report["seed"] == 3 and report["settings"] == {}
+    offline = replay(seeded, replay_config([]).guidance)
+    for scope in offline.phases:
+        online = report["metrics"]["phases"][scope.scope]
+        assert online["guided_success"] == scope.guided_success, scope.scope
+    assert offline.phases[0].guided_success != replay(
+        parse_world(TINY_WORLD), replay_config([]).guidance).phases[0].guided_success
+    report = run_bench(tmp_path, "--guidance", "retrieval-only",
+                       "--set", "min_evidence=100000")
+    assert report["settings"] == {"min_evidence": 100000}
+    assert report["arms"]["guided"]["named"] == 0
+    for bad in ("min_evidence", "no_such_key=1", "min_evidence=-1"):
+        with pytest.raises(SystemExit):
+            parse_args(["--world", "w.yaml", "--out", "o.json", "--set", bad])
 
 
 def test_both_runs_the_learner_after_each_day(tmp_path: Path) -> None:

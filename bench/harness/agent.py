@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ class ArmSpec:
     learner: bool  # run the nightly job after each day
     learner_timeout_s: float
     budget_ms: float | None = None  # the guided arm's guidance.budget_ms; None: default
+    settings: Mapping[str, Any] = field(default_factory=dict)  # more guidance keys
 
 
 @dataclass
@@ -124,7 +125,8 @@ def run_arm(
     server.reset()
     result = ArmResult(spec.name, spec.mode)
     start = time.perf_counter()
-    with ProxyProcess(directory, server.base_url, arm_guidance(spec.mode, spec.budget_ms)) as proxy:
+    with ProxyProcess(directory, server.base_url, arm_guidance(spec.mode, spec.budget_ms,
+                                                                   spec.settings)) as proxy:
         agent = Agent(server, proxy, result)
         for _, day in itertools.groupby(server.tasks, key=lambda t: t.day):
             tasks: Sequence[Task] = list(day)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Self
@@ -159,18 +160,34 @@ def last_line(text: str) -> str:
 
 # -- the proxy -------------------------------------------------------------------
 
-def arm_guidance(mode: str | None, budget_ms: float | None = None) -> dict[str, Any]:
+def arm_guidance(mode: str | None, budget_ms: float | None = None,
+                 settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A learning-benchmark arm's guidance; ``mode`` None turns it off (the control arm).
+    ``settings``: more guidance keys for a guided arm (``guidance_settings``).
 
     ``holdout: 0`` in a guided arm: the benchmark brings its own control arm, and the
     proxy's holdout episodes would otherwise count as unguided guided-arm tasks.
     """
     if mode is None:
         return {"enabled": False}
-    guidance: dict[str, Any] = {"enabled": True, "mode": mode, "holdout": 0.0}
+    guidance: dict[str, Any] = {**(settings or {}), "enabled": True, "mode": mode,
+                                "holdout": 0.0}
     if budget_ms is not None:
         guidance["budget_ms"] = budget_ms
     return guidance
+
+
+def guidance_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line items as guidance config keys, each VALUE read as
+    YAML (``0.5``, ``false``); ValueError names a malformed one. The proxy's own config
+    loader validates the keys and values."""
+    settings: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{item!r}: expected KEY=VALUE")
+        settings[key.strip()] = yaml.safe_load(value)
+    return settings
 
 
 def proxy_config(directory: Path, port: int, upstream: str, guidance: dict[str, Any], *,
