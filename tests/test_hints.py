@@ -17,7 +17,7 @@ import pytest
 
 from proxy import payloads
 from proxy.calls import Call
-from proxy.config import load_config
+from proxy.config import Config, load_config
 from proxy.hints.adapters import AdapterWatcher
 from proxy.hints.engine import HintEngine
 from proxy.hints.llm import SmallModel, check_adapter, tensor_shapes
@@ -342,13 +342,14 @@ def test_tasks_alike_in_meaning_challenge_a_weak_answer_by_words(
     from tests.conftest import proxy_config
     from tests.test_meaning import RAIL, kind_tasks
 
-    def config(mode: str) -> Any:
+    def config(mode: str) -> Config:
         return proxy_config(tmp_path, waybill_upstream.url,  # type: ignore[attr-defined]
                             guidance={"enabled": True, "mode": mode, "holdout": 0.0,
                                       "budget_ms": 5000})
 
     def send(proxy: ProxyHandle, task: str, works: str | bool) -> dict[str, Any]:
-        """One call; its outcome is whether its answer used ``works``, if a name."""
+        """One call and its outcome: whether the answer used ``works``, if that is an
+        approach's name, else ``works`` itself."""
         c = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
         rid = c.chat.completions.with_raw_response.create(
             model="m", messages=[{"role": "user", "content": task}]).headers["x-request-id"]
