@@ -44,6 +44,7 @@ from proxy.errors import ConfigError
 
 MODES = {"both": "both", "retrieval-only": "retrieval", "model-only": "model"}
 DEFAULT_LEARNER_TIMEOUT_S = 1800.0
+FIXED_KEYS = frozenset({"enabled", "mode", "holdout", "budget_ms"})  # not for --set
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -84,6 +85,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                                               args.settings)})
     except (ValueError, ConfigError) as exc:
         parser.error(f"--set: {exc}")
+    if fixed := sorted(FIXED_KEYS & args.settings.keys()):
+        parser.error(f"--set {', '.join(fixed)}: set by the benchmark (--guidance, "
+                     "--budget-ms; its own control arm needs holdout 0)")
     return args
 
 

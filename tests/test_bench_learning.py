@@ -139,7 +139,8 @@ def test_another_seed_and_guidance_settings_reach_the_guided_arm(tmp_path: Path)
                        "--set", "min_evidence=100000")
     assert report["settings"] == {"min_evidence": 100000}
     assert report["arms"]["guided"]["named"] == 0
-    for bad in ("min_evidence", "no_such_key=1", "min_evidence=-1"):
+    for bad in ("min_evidence", "no_such_key=1", "min_evidence=-1", "mode=model",
+                "holdout=0.1"):
         with pytest.raises(SystemExit):
             parse_args(["--world", "w.yaml", "--out", "o.json", "--set", bad])
 
