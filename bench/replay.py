@@ -137,7 +137,7 @@ def choose(rec: Recommender, text: str,
     if embed is not None and rec.challengeable(by_words):
         challenger = rec.challenge(by_words, embed(text))
         if challenger is not None:
-            return challenger.strategy, "meaning_challenge"
+            return challenger.strategy, challenger.source
     if by_words.skip != "thin_evidence" or embed is None:
         return by_words.strategy, "words" if by_words.strategy is not None else None
     by_meaning = rec.recommend_by_meaning(embed(text)).strategy

@@ -136,8 +136,7 @@ class Cycle:
     def _train_budget(self, eval_seconds: float) -> float:
         """Seconds training may take so the whole run fits ``learner.max_run_seconds``."""
         cfg = self.config.learner
-        reserve = (EVAL_MARGIN * eval_seconds + VERIFY_SAMPLE * VERIFY_SECONDS_PER_TASK
-                   + SLACK_SECONDS)
+        reserve = self._reserve_seconds(eval_seconds)
         left = cfg.max_run_seconds - (time.monotonic() - self.started) - reserve
         budget = min(cfg.max_train_seconds, max(MIN_TRAIN_SECONDS, left))
         self.metrics["budget"] = {"run_seconds": cfg.max_run_seconds,
@@ -147,6 +146,12 @@ class Cycle:
         say(f"training budget {budget:.0f} s (run budget {cfg.max_run_seconds:.0f} s, "
             f"{reserve:.0f} s kept for export, verification and the gate)")
         return budget
+
+    @staticmethod
+    def _reserve_seconds(eval_seconds: float) -> float:
+        """What one verification sample and the gate after it need of the run budget."""
+        return (EVAL_MARGIN * eval_seconds + VERIFY_SAMPLE * VERIFY_SECONDS_PER_TASK
+                + SLACK_SECONDS)
 
     def _train(self, dataset: Dataset, base: Path, out: Path, budget: float) -> TrainResult:
         from learner.lora_model import AdapterMismatch  # noqa: PLC0415
@@ -191,8 +196,7 @@ class Cycle:
         pool = [*dataset.heldout_items, *dataset.replay_items, *dataset.train_items]
         tasks = list(dict.fromkeys(it.episode.task for it in pool))[:2 * VERIFY_SAMPLE]
         # Another batch, then the gate, within max_run_seconds.
-        after = (VERIFY_SAMPLE * VERIFY_SECONDS_PER_TASK + EVAL_MARGIN * eval_seconds
-                 + SLACK_SECONDS)
+        after = self._reserve_seconds(eval_seconds)
         ends = self.started + self.config.learner.max_run_seconds
 
         def more_time() -> bool:
