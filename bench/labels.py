@@ -28,13 +28,15 @@ from learner import publish
 from proxy.config import GuidanceConfig
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import StrategyCatalog, hint_text
-from proxy.models import default_gguf
+from proxy.models import default_gguf, model_cache_dir, served_weights
 
 
 def proxy_small_model() -> SmallModel:
-    """The small model as the proxy runs it by default (threads, label length)."""
+    """The small model as the proxy runs it by default (weights, threads, label
+    length)."""
     g = GuidanceConfig()
-    return SmallModel(default_gguf(), threads=g.threads, batch_threads=g.batch_threads,
+    weights = served_weights(default_gguf(), model_cache_dir() if g.model_f16 else None)
+    return SmallModel(weights, threads=g.threads, batch_threads=g.batch_threads,
                       max_tokens=g.max_hint_tokens)
 
 

@@ -48,7 +48,7 @@ from proxy.hints.embedder import Embedder
 from proxy.hints.recommend import Recommender
 from proxy.hints.strategies import Strategy, hint_text
 from proxy.hints.text import Vector
-from proxy.models import small_model_path
+from proxy.models import small_model_path, small_model_weights
 from proxy.payloads import inject_hint
 
 SUMMARY = ("accuracy", "coverage", "uplift", "transfer", "retention", "adaptation")
@@ -56,10 +56,10 @@ Embed = Callable[[str], Vector]
 
 
 def small_model_embeddings(config: Config) -> tuple[Embed, int, Embedder]:
-    """The proxy's embedder on the proxy's small model (``small_model_path``),
+    """The proxy's embedder on the proxy's small model (``small_model_weights``),
     answered synchronously; it caches every text, so each of a world's texts is
     embedded once over all seeds."""
-    embedder = Embedder.for_guidance(small_model_path(config), config.guidance,
+    embedder = Embedder.for_guidance(small_model_weights(config), config.guidance,
                                      cache_size=1_000_000)
     dim = embedder.load()
     return (lambda text: embedder.submit(text).result()), dim, embedder
@@ -70,7 +70,7 @@ def embeddings(config: Config, kept_in: Path | None) -> Iterator[tuple[Embed, in
     """The small model's embeddings and their dimension while the block runs; with
     ``kept_in``, read from and saved to that .npz file, so a text is embedded once
     across runs."""
-    tag = model_tag(small_model_path(config), f16=config.guidance.meaning_f16)
+    tag = model_tag(small_model_path(config), f16=config.guidance.model_f16)
     kept = EmbeddingsFile(kept_in, tag) if kept_in else None
     embed, dim, embedder = small_model_embeddings(config)
     try:

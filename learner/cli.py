@@ -25,7 +25,7 @@ from learner.pace import Pace, Probe
 from learner.train import Example, TrainResult, TrainSettings
 from proxy.config import Config, load_config
 from proxy.errors import ConfigError
-from proxy.models import small_model_path
+from proxy.models import small_model_path, small_model_weights
 
 AGREEMENT_MIN = 0.9
 VERIFY_SAMPLE = 16
@@ -91,27 +91,31 @@ class Cycle:
                            f"learner.min_examples {cfg.min_examples}; nothing to do")
         work = self.config.state_dir / "work" / self.run_id
         try:
-            return self._train_and_publish(dataset, small_model_path(self.config), work)
+            return self._train_and_publish(dataset, small_model_path(self.config),
+                                           small_model_weights(self.config), work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _train_and_publish(self, dataset: Dataset, base: Path, work: Path) -> Outcome:
+    def _train_and_publish(self, dataset: Dataset, base: Path, served: Path,
+                           work: Path) -> Outcome:
+        """Train on ``base`` (the model file); check the export in llama.cpp on
+        ``served``, the weights the proxy evaluates (its float16 copy by default)."""
         from learner.export_gguf import BaseShape, export_lora_gguf  # noqa: PLC0415
         from learner.gate import evaluate, score_baseline  # noqa: PLC0415
 
         g = self.config.guidance
         current = publish.read_current(self.config.state_dir)
-        labels_fp = label_cache.fingerprint(self._base_sha256(base), g.max_hint_tokens)
+        labels_fp = label_cache.fingerprint(self._base_sha256(served), g.max_hint_tokens)
         known = label_cache.load(current.adapter.parent, labels_fp) if current else {}
         baseline = self.timed("baseline", lambda: score_baseline(
-            base, dataset, current, threads=self.threads("baseline"),
+            served, dataset, current, threads=self.threads("baseline"),
             max_tokens=g.max_hint_tokens, known=known))
         self.metrics["baseline_labels_reused"] = baseline.reused
         budget = self._train_budget(baseline.eval_seconds)
         result = self.timed("train", lambda: self._train(dataset, base, work / "peft", budget))
         gguf = self.timed("export", lambda: export_lora_gguf(
             result.adapter_dir, BaseShape.from_gguf(base), None, work / "adapter.gguf"))
-        agree = self.timed("verify", lambda: self._verify(dataset, base, gguf, result,
+        agree = self.timed("verify", lambda: self._verify(dataset, served, gguf, result,
                                                           baseline.eval_seconds))
         if agree < AGREEMENT_MIN:
             return Outcome("failed", "refused", None,
@@ -121,12 +125,12 @@ class Cycle:
                            "the trained adapter; not publishing",
                            exit_code=1)
         gate = self.timed("gate", lambda: evaluate(
-            base, gguf, dataset, baseline, tolerance=self.config.learner.tolerance,
+            served, gguf, dataset, baseline, tolerance=self.config.learner.tolerance,
             threads=self.threads("gate"), max_tokens=g.max_hint_tokens))
         self.metrics["gate"] = gate.metrics()
         if not gate.promote:
             return Outcome("ok", "refused", None, gate.reason)
-        manifest = self._manifest(dataset, base, gate.reason, gate.rule)
+        manifest = self._manifest(dataset, base, served, gate.reason, gate.rule)
         version = self.timed("publish", lambda: publish.publish_version(
             self.config.state_dir, gguf, dataset.catalog.to_json(), manifest,
             keep=self.config.learner.keep_versions, peft_dir=result.adapter_dir,
@@ -187,7 +191,7 @@ class Cycle:
             f"(loss {result.losses[0]:.3f} → {result.losses[-1]:.3f})")
         return result
 
-    def _verify(self, dataset: Dataset, base: Path, gguf: Path, result: TrainResult,
+    def _verify(self, dataset: Dataset, served: Path, gguf: Path, result: TrainResult,
                 eval_seconds: float) -> float:
         """How often llama.cpp with the export decides like PEFT: on VERIFY_SAMPLE
         tasks, or twice that where the first fall short and the run has time left."""
@@ -202,7 +206,7 @@ class Cycle:
         def more_time() -> bool:
             return time.monotonic() + after <= ends
 
-        agree = serving_agreement(base, gguf, result.model, result.tokenizer, tasks,
+        agree = serving_agreement(served, gguf, result.model, result.tokenizer, tasks,
                                   dataset.catalog, threads=self.config.guidance.threads,
                                   max_tokens=self.config.guidance.max_hint_tokens,
                                   batch=VERIFY_SAMPLE, enough=AGREEMENT_MIN,
@@ -237,11 +241,13 @@ class Cycle:
 
         return sha256_file(base, self.config.state_dir / "cache")
 
-    def _manifest(self, dataset: Dataset, base: Path, reason: str, rule: str) -> dict[str, Any]:
+    def _manifest(self, dataset: Dataset, base: Path, served: Path, reason: str,
+                  rule: str) -> dict[str, Any]:
         return {
             "created_at": publish.now().isoformat(),
             "run_id": self.run_id,
-            "base_model": {"path": str(base), "sha256": self._base_sha256(base)},
+            "base_model": {"path": str(base), "sha256": self._base_sha256(base),
+                           "checked_on": str(served)},
             "data_window": dataset.stats["window"],
             "counts": {k: v for k, v in dataset.stats.items() if k != "window"},
             "metrics": {k: self.metrics.get(k)

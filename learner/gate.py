@@ -143,8 +143,8 @@ def pooled_agreement(checks: Iterable[tuple[bool, bool]], *, batch: int, enough:
     says another batch does not fit.
 
     A sample of 16 tells an export that does not reproduce the adapter (most decisions
-    differ) from one that does, but near-tied labels, where the quantized base and the
-    dequantized one that PEFT trains on pick different tokens, leave a sound export
+    differ) from one that does, but near-tied labels, where llama.cpp and PEFT (on the
+    dequantized weights) pick different tokens, leave a sound export
     at 14 of 16 about one night in five even where it agrees on 95 % of tasks; the
     next 16 settle it (two such refusals in the benchmark runs, docs/benchmarks.md).
     """
@@ -167,7 +167,8 @@ def serving_agreement(
 ) -> Agreement:
     """Does llama.cpp with the exported adapter decide what the trained PEFT model
     decides? Text can differ in a word after the label on an undertrained adapter
-    (llama.cpp quantizes activations); the decision is what the proxy acts on. The
+    (llama.cpp rounds activations: to float16, or to 8 bits on a quantized file); the
+    decision is what the proxy acts on. ``base_gguf`` is the file the proxy evaluates. The
     proxy's model stops at the first label it recognises, so llama.cpp's whole greedy
     completion, the guess PEFT's is checked against, comes from a second context.
     ``tasks`` are checked ``batch`` at a time (all at once by default) until

