@@ -7,7 +7,7 @@ settings (1 thread, 2 for the batch, 128-token context) in four variants, interl
 text by text so that a noisy machine slows all of them alike: the mean of the hidden
 states or the last one after the embedder's prompt (``PROMPT_HEAD``/``PROMPT_TAIL``),
 each from the model file itself (the wheel's Q4_1) and from its float16 copy
-(``proxy.models.f16_copy``, what ``guidance.meaning_f16`` uses). Prints a markdown
+(``proxy.models.f16_copy``, what ``guidance.model_f16`` uses). Prints a markdown
 table with each variant's time as a ratio of the first's (the embedder before
 docs/benchmarks.md, "Prompted embeddings from a float16 copy").
 """

@@ -13,6 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
@@ -30,6 +31,13 @@ NonNegativeFloat = Annotated[float, Range(ge=0)]
 Fraction = Annotated[float, Range(ge=0, le=1)]
 # A difference of two accuracies or a cosine similarity: beyond ±1 it is a typo (2 for 2 %).
 SignedFraction = Annotated[float, Range(ge=-1, le=1)]
+
+
+# Keys renamed by a release: refused with their new name.
+RENAMED = MappingProxyType({
+    "guidance.meaning_f16": ("guidance.model_f16",
+                             "it now covers the small model's labels, not only its embeddings"),
+})
 
 
 @dataclass(frozen=True)
@@ -244,10 +252,21 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> Config:
         base_dir, source_path = str(path.resolve().parent), str(path.resolve())
     else:
         raw = dict(source or {})
+    _refuse_renamed(raw)
     cfg = dataclasses.replace(build(Config, expand_tree(raw, ""), ""),
                               base_dir=base_dir, source_path=source_path)
     _validate(cfg)
     return typing.cast(Config, cfg)
+
+
+def _refuse_renamed(raw: Any) -> None:
+    """A key a release renamed gets its new name in the error, not only "unknown"."""
+    if not isinstance(raw, dict):
+        return
+    for old, (new, why) in RENAMED.items():
+        section, _, key = old.partition(".")
+        if isinstance(raw.get(section), dict) and key in raw[section]:
+            raise ConfigError(f"unknown config key: {old} (renamed {new}: {why})")
 
 
 def documented_keys(cls: type[Any] = Config, prefix: str = "") -> list[str]:

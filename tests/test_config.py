@@ -50,6 +50,8 @@ def test_minimal_public_keys_work(monkeypatch: pytest.MonkeyPatch) -> None:
     ({"listne": "x"}, "unknown config key: listne"),
     ({"guidance": {"budget": 1}}, "unknown config key: guidance.budget"),
     ({"store": {"redact": {"phones": True}}}, "unknown config key: store.redact.phones"),
+    ({"guidance": {"meaning_f16": False}},
+     "unknown config key: guidance.meaning_f16 (renamed guidance.model_f16:"),
     ({"guidance": {"holdout": 2}}, "guidance.holdout"),
     ({"guidance": {"mode": "magic"}}, "guidance.mode"),
     ({"guidance": {"min_success": 1.5}}, "guidance.min_success"),
