@@ -30,6 +30,7 @@ from learner.pace import Pace
 from proxy.config import Config, load_config
 from proxy.hints.strategies import Strategy, StrategyCatalog, hint_text
 from proxy.hints.text import words
+from proxy.models import default_gguf, small_model_weights
 from proxy.store import Store
 from tests.servers import ServerThread, free_port
 
@@ -374,6 +375,9 @@ def test_train_publishes_an_adapter_that_names_the_best_strategy(
                        "catalog": "v000001/catalog.json"}
     manifest = publish.read_manifest(state, "v000001")
     assert manifest["version"] == "v000001" and len(manifest["base_model"]["sha256"]) == 64
+    # Checked on the weights the proxy evaluates, trained on the model file itself.
+    assert manifest["base_model"]["checked_on"].endswith(".F16.gguf")
+    assert manifest["base_model"]["path"] == str(default_gguf())
     assert manifest["gate"]["decision"] == "promoted" and manifest["gate"]["rule"]
     assert manifest["data_window"]["from"].startswith("2026-11-01")
     assert manifest["metrics"]["agreement"]["decision"] >= 0.9
@@ -406,10 +410,9 @@ def test_train_publishes_an_adapter_that_names_the_best_strategy(
 def _fresh_task_hits(world: World, adapter: Path, catalog: StrategyCatalog) -> list[bool]:
     """Greedy labels from llama.cpp (as the proxy serves) on tasks never recorded."""
     from proxy.hints.llm import SmallModel
-    from proxy.models import default_gguf
 
     rng = random.Random(7)
-    model = SmallModel(default_gguf(), threads=1, max_tokens=12)
+    model = SmallModel(small_model_weights(world.config), threads=1, max_tokens=12)
     model.load(adapter, "test", catalog)
     hits = []
     try:
