@@ -58,8 +58,9 @@ def small_model_weights(config: Config) -> Path:
 
 
 def served_weights(source: Path, f16_cache: Path | None) -> Path:
-    """``source``'s float16 copy in ``f16_cache``, or ``source`` itself where no cache
-    is given or the copy cannot be made (a full or read-only disk: slower hints and
+    """``source``'s float16 copy in ``f16_cache``; ``source`` itself where no cache is
+    given, where the file is missing (its loader reports that, as without a copy) or
+    where the copy cannot be made (a full or read-only disk: slower hints and
     embeddings, not none)."""
     if f16_cache is None or not source.is_file():
         return source
