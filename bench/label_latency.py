@@ -29,27 +29,26 @@ from bench.sim import load_world
 from learner import publish
 from proxy.config import GuidanceConfig
 from proxy.hints.llm import SmallModel
-from proxy.hints.prompt import normalize_label, render
 from proxy.hints.strategies import StrategyCatalog
 from proxy.models import default_gguf, model_cache_dir, served_weights
 
 
-def peft_labels(version_dir: Path, texts: list[str], max_tokens: int) -> list[str]:
-    """The trained PEFT model's greedy label for each text (one thread, as the learner's
-    check runs it), llama.cpp's completion on the model file as the guess to confirm."""
-    import torch
+def peft_agreement(version_dir: Path, weights: dict[str, Path], texts: list[str],
+                   catalog: StrategyCatalog) -> dict[str, int]:
+    """On how many texts llama.cpp on each of ``weights`` decides as the trained PEFT
+    model does: the learner's own export check (``serving_agreement``) over all of them."""
+    from learner.gate import serving_agreement
+    from learner.verify import load_peft
 
-    from learner.verify import complete, load_peft, open_llama, peft_generate
-
-    torch.set_num_threads(1)
+    g = GuidanceConfig()
     model, tokenizer = load_peft(default_gguf(), version_dir / "peft")
-    whole = open_llama(default_gguf(), version_dir / "adapter.gguf")
-    try:
-        return [normalize_label(peft_generate(model, tokenizer, render(t), max_tokens,
-                                              guess=complete(whole, render(t), max_tokens)))
-                for t in texts]
-    finally:
-        whole.close()
+    out = {}
+    for name, path in weights.items():
+        agreement = serving_agreement(path, version_dir / "adapter.gguf", model, tokenizer,
+                                      texts, catalog, threads=g.threads,
+                                      max_tokens=g.max_hint_tokens)
+        out[name] = round(agreement.decision * agreement.n)
+    return out
 
 
 def measure(version_dir: Path, texts: list[str], rounds: int) -> dict[str, dict[str, Any]]:
@@ -78,16 +77,9 @@ def measure(version_dir: Path, texts: list[str], rounds: int) -> dict[str, dict[
     finally:
         for model in models.values():
             model.close()
-    trained = peft_labels(version_dir, texts, g.max_hint_tokens) \
-        if (version_dir / "peft").is_dir() else None
-
-    def agree(got: list[str]) -> int | None:
-        if trained is None:
-            return None
-        return sum(catalog.resolve(a) == catalog.resolve(b)
-                   for a, b in zip(got, trained, strict=True))
-
-    return {name: {"ms": ms[name], "agree": agree(labels[name]), "labels": labels[name]}
+    agree: dict[str, int] = peft_agreement(version_dir, weights, texts, catalog) \
+        if (version_dir / "peft").is_dir() else {}
+    return {name: {"ms": ms[name], "labels": labels[name], "agree": agree.get(name)}
             for name in models}
 
 

@@ -25,19 +25,19 @@ from bench.sim import World, load_world
 from bench.sim.metrics import new_domains
 from bench.sim.world import earliest_named
 from learner import publish
-from proxy.config import GuidanceConfig
+from proxy.config import load_config
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import StrategyCatalog, hint_text
-from proxy.models import default_gguf, model_cache_dir, served_weights
+from proxy.models import small_model_weights
 
 
 def proxy_small_model() -> SmallModel:
     """The small model as the proxy runs it by default (weights, threads, label
     length)."""
-    g = GuidanceConfig()
-    weights = served_weights(default_gguf(), model_cache_dir() if g.model_f16 else None)
-    return SmallModel(weights, threads=g.threads, batch_threads=g.batch_threads,
-                      max_tokens=g.max_hint_tokens)
+    config = load_config({})
+    g = config.guidance
+    return SmallModel(small_model_weights(config), threads=g.threads,
+                      batch_threads=g.batch_threads, max_tokens=g.max_hint_tokens)
 
 
 def load_version(model: SmallModel, version_dir: Path) -> StrategyCatalog:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import yaml
 
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, UnknownConfigKey
 from proxy.typed_tree import Range, build, expand_tree, is_internal
 
 # Sizes, counts, threads and poll intervals, where 0 divides by zero, busy-loops or
@@ -33,7 +33,7 @@ Fraction = Annotated[float, Range(ge=0, le=1)]
 SignedFraction = Annotated[float, Range(ge=-1, le=1)]
 
 
-# Keys renamed by a release: refused with their new name.
+# Keys renamed by a release: still unknown, and the error names the new one.
 RENAMED = MappingProxyType({
     "guidance.meaning_f16": ("guidance.model_f16",
                              "it now covers the small model's labels, not only its embeddings"),
@@ -252,21 +252,17 @@ def load_config(source: str | Path | dict[str, Any] | None = None) -> Config:
         base_dir, source_path = str(path.resolve().parent), str(path.resolve())
     else:
         raw = dict(source or {})
-    _refuse_renamed(raw)
-    cfg = dataclasses.replace(build(Config, expand_tree(raw, ""), ""),
-                              base_dir=base_dir, source_path=source_path)
+    try:
+        tree = build(Config, expand_tree(raw, ""), "")
+    except UnknownConfigKey as exc:
+        renamed = RENAMED.get(exc.param or "")
+        if renamed is None:
+            raise
+        raise ConfigError(f"{exc.message} (renamed {renamed[0]}: {renamed[1]})",
+                          param=exc.param) from None
+    cfg = dataclasses.replace(tree, base_dir=base_dir, source_path=source_path)
     _validate(cfg)
     return typing.cast(Config, cfg)
-
-
-def _refuse_renamed(raw: Any) -> None:
-    """A key a release renamed gets its new name in the error, not only "unknown"."""
-    if not isinstance(raw, dict):
-        return
-    for old, (new, why) in RENAMED.items():
-        section, _, key = old.partition(".")
-        if isinstance(raw.get(section), dict) and key in raw[section]:
-            raise ConfigError(f"unknown config key: {old} (renamed {new}: {why})")
 
 
 def documented_keys(cls: type[Any] = Config, prefix: str = "") -> list[str]:

@@ -32,6 +32,10 @@ class ConfigError(TacticianError):
     code = "invalid_config"
 
 
+class UnknownConfigKey(ConfigError):
+    """A key the config does not have; ``param`` is its dotted name."""
+
+
 class BadRequest(TacticianError):
     status = 400
     type = "invalid_request_error"

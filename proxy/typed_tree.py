@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, UnknownConfigKey
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -105,7 +105,8 @@ def build(cls: type[Any], raw: Any, where: str) -> Any:
     prefix = f"{where}." if where else ""
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown config key: {prefix}{unknown[0]}")
+        key = f"{prefix}{unknown[0]}"
+        raise UnknownConfigKey(f"unknown config key: {key}", param=key)
     # A reference to an unset variable is an absent key: its default applies.
     kwargs = {name: _coerce(hints[name], value, prefix + name)
               for name, value in raw.items() if not isinstance(value, _Unset)}

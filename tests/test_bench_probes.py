@@ -14,9 +14,10 @@ import yaml
 
 from bench import colocated, embed_latency, label_latency, labels, prompt_cache, unseen
 from bench.sim import world_from_data
+from proxy.config import load_config
 from proxy.hints.llm import SmallModel
 from proxy.hints.strategies import Strategy, StrategyCatalog
-from proxy.models import default_gguf, model_cache_dir, served_weights
+from proxy.models import small_model_weights
 from tests.adapters import publish, random_adapter
 from tests.test_sim_world import BASE, mutated
 
@@ -52,8 +53,7 @@ def test_labels_scores_each_version_by_the_hint_it_would_send(tmp_path: Path) ->
     texts = {t.text for t in world.stream() if t.phase == "p3"}
     adapter = random_adapter(tmp_path / "a.gguf", seed=1, scale=0.35)
     # On the weights the proxy evaluates, which bench.labels loads as the proxy does.
-    model = SmallModel(served_weights(default_gguf(), model_cache_dir()), threads=1,
-                       max_tokens=12)
+    model = SmallModel(small_model_weights(load_config({})), threads=1, max_tokens=12)
     model.load(adapter, "probe", None)
     generated = {model.submit(text).result()[0] for text in texts}
     model.close()
