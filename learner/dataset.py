@@ -272,11 +272,13 @@ class EvidenceSettings:
     min_similarity: float
     min_evidence: int
     half_life: float
+    pessimism: float
 
     @classmethod
     def from_config(cls, config: Config) -> EvidenceSettings:
         g = config.guidance
-        return cls(g.similar_k, g.min_similarity, g.min_evidence, g.half_life)
+        return cls(g.similar_k, g.min_similarity, g.min_evidence, g.half_life,
+                   g.pessimism)
 
 
 def _best(
@@ -288,10 +290,11 @@ def _best(
     if own is not None:
         obs.append(Observation(episodes[own].sid, episodes[own].outcome, 1.0, own))
     # Age in episodes, as the engine's memory counts it; no optimism bonus: the label
-    # to learn is the best-evidenced strategy, exploring is the engine's business.
+    # to learn is the best-evidenced strategy (so, as in the engine, not the luckiest
+    # short record), exploring is the engine's business.
     now = len(episodes) - 1
     stats = evidence.summarize(obs, now, ev.half_life, evidence.change_point(obs))
-    top = evidence.best(stats, ev.min_evidence)
+    top = evidence.best(stats, ev.min_evidence, pessimism=ev.pessimism)
     return top.sid if top is not None else None
 
 

@@ -96,6 +96,7 @@ class GuidanceConfig:
     min_evidence: NonNegativeInt = 10
     half_life: NonNegativeFloat = 250.0  # 0: no fading
     optimism: NonNegativeFloat = 0.0
+    pessimism: NonNegativeFloat = 0.5
     min_success: Fraction = 0.5
     explore: Fraction = 0.0
     explore_tries: NonNegativeInt = 1

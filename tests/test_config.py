@@ -258,6 +258,7 @@ def test_env_references_expand_for_every_kind_of_key(monkeypatch: pytest.MonkeyP
     ({"guidance": {"min_similarity": 20}}, "guidance.min_similarity"),
     ({"guidance": {"half_life": -1}}, "guidance.half_life"),
     ({"guidance": {"optimism": -0.1}}, "guidance.optimism"),
+    ({"guidance": {"pessimism": -0.5}}, "guidance.pessimism"),
     ({"guidance": {"holdout": float("nan")}}, "guidance.holdout"),
     ({"guidance": {"budget_ms": float("inf")}}, "guidance.budget_ms"),
     ({"limits": {"max_body_mb": -1}}, "limits.max_body_mb"),

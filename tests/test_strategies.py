@@ -87,6 +87,22 @@ def test_thin_promising_evidence_is_retried_until_firm() -> None:
     assert evidence.best(stats, 3, optimism=0.2).sid == "main"  # type: ignore[union-attr]
 
 
+def test_a_lucky_short_record_does_not_outrank_a_measured_one() -> None:
+    """One success in one try estimates higher than 17 in 20, but it is the luckier
+    record, not the better approach: scored half a posterior standard deviation low,
+    the measured one wins. A short record well ahead still wins."""
+    measured = [Observation("measured", float(i < 17), 0.9, i) for i in range(20)]
+    lucky = evidence.summarize([*measured, Observation("lucky", 1.0, 0.9, 20)], 21, 250)
+    est = evidence.estimates(lucky)
+    assert est["lucky"] > est["measured"]
+    assert evidence.best(lucky, 3).sid == "lucky"  # type: ignore[union-attr]
+    assert evidence.best(lucky, 3, pessimism=0.5).sid == "measured"  # type: ignore[union-attr]
+    mediocre = [Observation("mediocre", float(i < 12), 0.9, i) for i in range(20)]
+    ahead = [*mediocre, *(Observation("ahead", 1.0, 0.9, 20 + i) for i in range(6))]
+    assert evidence.best(evidence.summarize(ahead, 26, 250), 3,  # type: ignore[union-attr]
+                         pessimism=0.5).sid == "ahead"
+
+
 def test_sudden_drop_is_detected_and_the_alternative_retried() -> None:
     """What worked (6 in 7) starts failing (2 in 5): with a 250-task half-life its long
     record would keep it on top for a long time; the change detector instead discounts

@@ -155,7 +155,8 @@ class Recommender:
         """The strategy the evidence names, or why none: "thin_evidence" (fewer than
         ``min_evidence`` outcomes) or "low_success" (none estimated to succeed
         ``min_success`` of the time)."""
-        best = evidence.best(stats, self.cfg.min_evidence, self.cfg.optimism)
+        best = evidence.best(stats, self.cfg.min_evidence, self.cfg.optimism,
+                             self.cfg.pessimism)
         if best is None:
             return None, "thin_evidence"
         if max(evidence.estimates(stats).values()) < self.cfg.min_success:
