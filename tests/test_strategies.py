@@ -249,6 +249,27 @@ def test_no_exploring_before_enough_outcomes_or_during_a_change() -> None:
     assert got.skip == "low_success" and got.strategy is None
 
 
+def test_memory_does_not_follow_the_luckiest_short_record() -> None:
+    """Through the recommender, with the proxy's defaults: an approach measured working
+    17 times in 20 here is named over one that worked the one time it was tried
+    (whose estimate is higher); with ``pessimism`` 0 the lucky one would be."""
+    def after(**settings: float) -> Recommender:
+        rec = Recommender(GuidanceConfig(**settings))  # type: ignore[arg-type]
+        for i in range(20):
+            observe(rec, f"s{i}", f"Reconcile the dispute on invoice {i}", "sampling",
+                    float(i % 7 != 3))  # 17 of 20, spread out
+        observe(rec, "once", "Reconcile the dispute on invoice 20", "rootcause", 1.0)
+        return rec
+
+    task = "Reconcile the dispute on invoice 99"
+    got = after().recommend(task)
+    assert got.strategy is not None and "spot-check" in got.strategy.text
+    est = evidence.estimates(got.stats)
+    assert max(est, key=lambda sid: est[sid]) != got.strategy.id  # not the top estimate
+    lucky = after(pessimism=0.0).recommend(task).strategy
+    assert lucky is not None and "root cause" in lucky.text
+
+
 def test_thin_evidence_outweighs_a_model_label_it_contradicts() -> None:
     def stats(**record: tuple[int, int]) -> dict[str, evidence.StrategyStats]:
         return {sid: evidence.StrategyStats(sid, n, wins, n, wins)
