@@ -97,6 +97,8 @@ class NaiveRetrieval:
     def hint(self, task: str, rule: str = "most-wins") -> str | None:
         """The first sentence that succeeded most often among the similar tasks, by
         ``rule`` (one of ``RULES``), or None when none of them succeeded."""
+        if rule not in RULES:
+            raise ValueError(f"unknown rule {rule!r}: one of {', '.join(RULES)}")
         tally: dict[str, tuple[int, int]] = {}  # sentence -> (successes, uses)
         for row, _ in self.similar(task):
             sentence = self._sentences[row]
@@ -184,21 +186,13 @@ def print_table(results: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = replay.world_parser("python -m bench.naive", __doc__, seeds=20)
-    parser.add_argument("--meaning", action="store_true",
-                        help="Tactician with mode both's memory by meaning too (the "
-                             "small model's embeddings; loads it)")
-    parser.add_argument("--embeddings", type=Path, metavar="FILE",
-                        help="with --meaning: keep the embeddings in FILE (.npz)")
+    replay.add_meaning_options(parser)
     parser.add_argument("--out", type=Path, help="write the numbers as JSON")
     args = parser.parse_args(argv)
-    if args.embeddings and not args.meaning:
-        parser.error("--embeddings needs --meaning")
     config = replay.replay_config([])
-    if args.meaning:
-        with replay.embeddings(config, args.embeddings) as meaning:
-            results = run(args.world, args.seeds, config.guidance, meaning)
-    else:
-        results = run(args.world, args.seeds, config.guidance)
+    results = replay.with_meaning(parser, args, config,
+                                  lambda meaning: run(args.world, args.seeds,
+                                                      config.guidance, meaning))
     print_table(results)
     print("\nmeans over seeds; last-phase accuracy and coverage, the rest overall")
     print("reproduce: " + shlex.join(["python", "-m", "bench.naive", *argv]))

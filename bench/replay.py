@@ -33,7 +33,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.embeddings_file import EmbeddingsFile, model_tag
 from bench.harness.processes import guidance_settings
@@ -53,6 +53,7 @@ from proxy.payloads import inject_hint
 
 SUMMARY = ("accuracy", "coverage", "uplift", "transfer", "retention", "adaptation")
 Embed = Callable[[str], Vector]
+T = TypeVar("T")
 
 
 def small_model_embeddings(config: Config) -> tuple[Embed, int, Embedder]:
@@ -222,30 +223,41 @@ def world_parser(prog: str, doc: str | None, seeds: int) -> argparse.ArgumentPar
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = world_parser("python -m bench.replay", __doc__, seeds=8)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a guidance config key")
+def add_meaning_options(parser: argparse.ArgumentParser) -> None:
+    """``--meaning`` and ``--embeddings``, for every tool that replays the engine."""
     parser.add_argument("--meaning", action="store_true",
                         help="add mode both's memory by meaning (the small model's "
                              "embeddings; loads it)")
     parser.add_argument("--embeddings", type=Path, metavar="FILE",
                         help="with --meaning: keep the embeddings in FILE (.npz) between "
                              "runs; texts already in it are not embedded again")
-    parser.add_argument("--out", type=Path, help="write the numbers as JSON")
-    args = parser.parse_args(argv)
-    config = replay_config(args.set)
-    guidance = config.guidance
-    if args.meaning and not guidance.meaning:
+
+
+def with_meaning(parser: argparse.ArgumentParser, args: argparse.Namespace, config: Config,
+                 work: Callable[[tuple[Embed, int] | None], T]) -> T:
+    """``work`` given the embeddings when ``--meaning`` asks for them, else None."""
+    if args.meaning and not config.guidance.meaning:
         parser.error("--meaning with meaning=false: choose one")
     if args.embeddings and not args.meaning:
         parser.error("--embeddings needs --meaning")
-    if args.meaning:
-        with embeddings(config, args.embeddings) as meaning:
-            results = run(args.world, args.seeds, guidance, meaning)
-    else:
-        results = run(args.world, args.seeds, guidance)
+    if not args.meaning:
+        return work(None)
+    with embeddings(config, args.embeddings) as meaning:
+        return work(meaning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = world_parser("python -m bench.replay", __doc__, seeds=8)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a guidance config key")
+    add_meaning_options(parser)
+    parser.add_argument("--out", type=Path, help="write the numbers as JSON")
+    args = parser.parse_args(argv)
+    config = replay_config(args.set)
+    results = with_meaning(parser, args, config,
+                           lambda meaning: run(args.world, args.seeds, config.guidance,
+                                               meaning))
     print_table(results)
     print("\nlast-phase accuracy and coverage; the rest overall (adaptation: mean of families)")
     print("reproduce: " + shlex.join(["python", "-m", "bench.replay", *argv]))

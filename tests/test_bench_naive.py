@@ -52,6 +52,8 @@ def test_the_two_readings_of_succeeded_most_often() -> None:
     assert failing.hint(task, "most-wins") is None
     assert failing.hint(task, "best-rate") is None
     assert failing.hint("Water the office plants", "best-rate") is None
+    with pytest.raises(ValueError, match="unknown rule"):
+        memory.hint(task, "most-often")
 
 
 def test_the_naive_arm_hints_what_worked_and_is_scored_by_the_spec() -> None:
