@@ -14,8 +14,6 @@ the replay, it changes nothing in the proxy.
 from __future__ import annotations
 
 import dataclasses
-import json
-import shlex
 import sys
 from collections import Counter
 from pathlib import Path
@@ -97,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     with replay.embeddings(config, args.embeddings) as (embed, dim):
         results = run(args.world, args.seeds, config.guidance, embed, dim)
     print_table(results)
-    print("reproduce: " + shlex.join(["python", "-m", "bench.firstday", *argv]))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    replay.emit("bench.firstday", argv, results, args.out)
     return 0
 
 

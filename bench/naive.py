@@ -30,9 +30,7 @@ sentence. Nothing here changes the proxy: it is a measuring tool.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import shlex
 import statistics
 import sys
 from collections import defaultdict
@@ -195,9 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       config.guidance, meaning))
     print_table(results)
     print("\nmeans over seeds; last-phase accuracy and coverage, the rest overall")
-    print("reproduce: " + shlex.join(["python", "-m", "bench.naive", *argv]))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    replay.emit("bench.naive", argv, results, args.out)
     return 0
 
 

@@ -246,6 +246,14 @@ def with_meaning(parser: argparse.ArgumentParser, args: argparse.Namespace, conf
         return work(meaning)
 
 
+def emit(tool: str, argv: list[str], results: Any, out: Path | None) -> None:
+    """The command line that reproduces a tool's run, and its numbers as JSON in
+    ``out`` if given."""
+    print("reproduce: " + shlex.join(["python", "-m", tool, *argv]))
+    if out:
+        out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = world_parser("python -m bench.replay", __doc__, seeds=8)
@@ -260,9 +268,7 @@ def main(argv: list[str] | None = None) -> int:
                                                meaning))
     print_table(results)
     print("\nlast-phase accuracy and coverage; the rest overall (adaptation: mean of families)")
-    print("reproduce: " + shlex.join(["python", "-m", "bench.replay", *argv]))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    emit("bench.replay", argv, results, args.out)
     return 0
 
 
