@@ -101,6 +101,7 @@ class GuidanceConfig:
     explore: Fraction = 0.0
     explore_tries: NonNegativeInt = 1
     explore_after: NonNegativeInt = 40
+    mediocre_below: Fraction = 0.6  # 0: never
     meaning: bool = True
     meaning_k: PositiveInt = 20
     meaning_min_similarity: SignedFraction = 0.1
