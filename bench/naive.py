@@ -53,7 +53,6 @@ from proxy.payloads import inject_hint
 NEIGHBOURS = 15
 RULES = ("most-wins", "best-rate")
 ARMS = (*RULES, "tactician")
-COMPARED = ("accuracy", "coverage", "uplift", "transfer", "retention", "adaptation")
 
 
 class NaiveRetrieval:
@@ -165,15 +164,15 @@ def paired(results: dict[str, Any], baseline: str,
 
 
 def print_table(results: dict[str, Any]) -> None:
-    print(f"{'world':14} {'arm':10} " + "  ".join(f"{k:>10}" for k in COMPARED))
+    print(f"{'world':14} {'arm':10} " + "  ".join(f"{k:>10}" for k in replay.SUMMARY))
     for name, data in results.items():
         for arm in ARMS:
             row = data["mean"][arm]
-            cells = "  ".join(f"{fmt(row[k], k == 'uplift'):>10}" for k in COMPARED)
+            cells = "  ".join(f"{fmt(row[k], k == 'uplift'):>10}" for k in replay.SUMMARY)
             print(f"{name if arm == ARMS[0] else '':14} {arm:10} {cells}")
     for rule in RULES:
         print(f"\nTactician minus {rule}, paired by world and seed (± one standard error):")
-        for key in COMPARED:
+        for key in replay.SUMMARY:
             got = paired(results, rule, key)
             if got is not None:
                 scale, unit = (100.0, " points") if key == "uplift" else (1.0, "")
