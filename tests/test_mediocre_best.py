@@ -17,7 +17,7 @@ def mediocre(**settings: float) -> Recommender:
     rec = Recommender(GuidanceConfig(**settings))  # type: ignore[arg-type]
     for i in range(20):
         observe(rec, f"s{i}", f"Reconcile the dispute on invoice {i}", "symptom",
-                float(i % 9 != 0 and i % 4 != 3))  # 11 of 20, spread out
+                float(i % 9 != 0 and i % 4 != 3 and i != 10))  # 11 of 20, spread out
     observe(rec, "other", "Plan a two-day offsite for the sales team", "rootcause", 1.0)
     return rec
 
