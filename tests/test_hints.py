@@ -546,6 +546,52 @@ def test_thin_evidence_outvotes_a_model_label_it_contradicts(
     assert row["hint_source"] == "model" and "alpha" in row["hint_text"]
 
 
+def test_every_guided_call_carries_the_adapter_in_force(
+        make_proxy: Callable[..., ProxyHandle], strategy_upstream: StrategyUpstream,
+        two_adapters: dict[str, tuple[Path, str]], tmp_path: Path) -> None:
+    """Mode both: once an adapter serves, a call that memory answers without asking the
+    small model records it too, so success per adapter version compares the periods
+    each served; the calls its labels guided are those with hint_source model, which
+    /v1/tactician/stats counts apart (served:<source>)."""
+    from tests.conftest import proxy_config
+
+    cfg = proxy_config(tmp_path, strategy_upstream.url,  # type: ignore[attr-defined]
+                       guidance={"enabled": True, "mode": "both", "holdout": 0.0,
+                                 "meaning": False, "min_evidence": 4,
+                                 "budget_ms": 5000, "adapter_poll_ms": 100})
+    proxy = make_proxy(cfg)
+    c = openai.OpenAI(base_url=proxy.base_url, api_key="k", max_retries=0)
+
+    def call_and_judge() -> str:
+        raw = c.chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": TASK}])
+        text = raw.parse().choices[0].message.content or ""
+        httpx.post(f"{proxy.base_url}/outcomes", json={
+            "request_id": raw.headers["x-request-id"], "success": "alpha" in text})
+        return raw.headers["x-request-id"]
+
+    first = call_and_judge()  # no adapter yet: none in force
+    for _ in range(3):
+        call_and_judge()
+    proxy.wait_rows("SELECT * FROM call_outcomes", 4)
+    path_a, label_a = two_adapters["a"]
+    publish(proxy.config.state_dir, "v1", path_a, catalog({"sA": label_a}))
+    wait_version(proxy, "v1")
+    answered = call_and_judge()
+    rows = {r["request_id"]: r for r in proxy.wait_rows(
+        "SELECT * FROM calls WHERE request_id IN (?, ?)", 2, [first, answered])}
+    assert rows[first]["adapter_version"] is None
+    assert rows[answered]["hint_source"] == "retrieval"
+    assert rows[answered]["adapter_version"] == "v1"
+    assert "alpha" in rows[answered]["hint_text"]
+    proxy.wait_rows("SELECT * FROM call_outcomes", 5)
+    stats = httpx.get(f"{proxy.base_url}/tactician/stats").json()
+    assert stats["guidance"]["hints"]["served:retrieval"] == 1
+    assert "served:model" not in stats["guidance"]["hints"]
+    versions = {r["adapter_version"]: r["episodes"] for r in stats["by_adapter_version"]}
+    assert versions == {"none": 4, "v1": 1}
+
+
 def test_budget_skips_then_cache_serves(make_proxy: Callable[..., ProxyHandle],
                                         two_adapters: dict[str, tuple[Path, str]]) -> None:
     proxy = model_proxy(make_proxy, budget_ms=1)

@@ -167,6 +167,11 @@ class HintEngine:
         if g["arm"] == "control":
             g["hint_skip_reason"] = "holdout"
             return None
+        in_force = self._adapter_in_force()
+        if in_force is not None:
+            # Per-version success compares the periods each adapter served, so every
+            # guided call carries it, also those memory answers without asking it.
+            g["adapter_version"] = in_force
         try:
             strategy = self._episodes.get(call.episode_id)
             if strategy is not None:
@@ -181,10 +186,17 @@ class HintEngine:
         self.counters["served" if strategy else f"skipped:{g.get('hint_skip_reason')}"] += 1
         if strategy is None:
             return None
+        self.counters[f"served:{g.get('hint_source')}"] += 1
         self._episodes.put(call.episode_id, strategy)
         g["hint_strategy"] = strategy.label
         g["hint_text"] = hint_text(strategy)
         return str(g["hint_text"])
+
+    def _adapter_in_force(self) -> str | None:
+        """The adapter whose labels guided calls may get now: none in mode retrieval,
+        which never asks the small model, or before the learner's first adapter."""
+        loaded = self.model.current if self.model and self.cfg.mode != "retrieval" else None
+        return loaded.version if loaded is not None and loaded.catalog is not None else None
 
     def _arm(self, episode_id: str) -> str:
         digest = hashlib.sha256(f"{self.cfg.seed}:{episode_id}".encode()).digest()
