@@ -29,7 +29,6 @@ sentence. Nothing here changes the proxy: it is a measuring tool.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import sys
@@ -41,7 +40,6 @@ import numpy as np
 
 from bench import replay
 from bench.harness.report import fmt
-from bench.sim import load_world
 from bench.sim.metrics import ArmLog, compute
 from bench.sim.model import TaskRecord, parse_messages, reply_text
 from bench.sim.world import World
@@ -138,16 +136,11 @@ def side_by_side(world: World, guidance: GuidanceConfig,
 
 def run(paths: list[Path], count: int, guidance: GuidanceConfig,
         meaning: tuple[replay.Embed, int] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for path in paths:
-        world = load_world(path)
-        rows = {seed: side_by_side(dataclasses.replace(world, seed=seed), guidance, meaning)
-                for seed in replay.seeds_of(world, count)}
-        out[world.name] = {
-            "seeds": rows,
-            "mean": {arm: replay.mean_row([r[arm] for r in rows.values()]) for arm in ARMS},
-        }
-    return out
+    return {name: {"seeds": rows,
+                   "mean": {arm: replay.mean_row([r[arm] for r in rows.values()])
+                            for arm in ARMS}}
+            for name, rows in replay.each_world_seed(
+                paths, count, lambda world: side_by_side(world, guidance, meaning))}
 
 
 def paired(results: dict[str, Any], baseline: str,

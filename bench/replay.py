@@ -178,16 +178,20 @@ def seeds_of(world: World, count: int) -> list[int]:
     return [world.seed, *(s for s in range(1, count + 1) if s != world.seed)][:count]
 
 
-def run(paths: list[Path], count: int, guidance: GuidanceConfig,
-        meaning: tuple[Embed, int] | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def each_world_seed(paths: list[Path], count: int,
+                    per_seed: Callable[[World], T]) -> Iterator[tuple[str, dict[int, T]]]:
+    """Each world's name and ``per_seed`` of it at each of its first ``count`` seeds."""
     for path in paths:
         world = load_world(path)
-        rows = {seed: summary(replay(dataclasses.replace(world, seed=seed), guidance,
-                                     meaning))
-                for seed in seeds_of(world, count)}
-        out[world.name] = {"seeds": rows, "mean": mean_row(list(rows.values()))}
-    return out
+        yield world.name, {seed: per_seed(dataclasses.replace(world, seed=seed))
+                           for seed in seeds_of(world, count)}
+
+
+def run(paths: list[Path], count: int, guidance: GuidanceConfig,
+        meaning: tuple[Embed, int] | None = None) -> dict[str, Any]:
+    return {name: {"seeds": rows, "mean": mean_row(list(rows.values()))}
+            for name, rows in each_world_seed(
+                paths, count, lambda world: summary(replay(world, guidance, meaning)))}
 
 
 def mean_row(rows: list[dict[str, float | None]]) -> dict[str, float | None]:
