@@ -193,8 +193,8 @@ class HintEngine:
         return str(g["hint_text"])
 
     def _adapter_in_force(self) -> str | None:
-        """The adapter whose labels guided calls may get now: none in mode retrieval,
-        which never asks the small model, or before the learner's first adapter."""
+        """The adapter serving now: none in mode retrieval, which never asks the small
+        model, nor before the learner's first adapter."""
         loaded = self.model.current if self.model and self.cfg.mode != "retrieval" else None
         return loaded.version if loaded is not None and loaded.catalog is not None else None
 
