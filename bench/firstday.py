@@ -13,13 +13,11 @@ the replay, it changes nothing in the proxy.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from collections import Counter
 from pathlib import Path
 
 from bench import replay
-from bench.sim import load_world
 from bench.sim.metrics import is_transfer_task, names_best, transfer_domains
 from bench.sim.model import TaskRecord
 from bench.sim.world import World
@@ -56,19 +54,19 @@ def tally(world: World, records: list[TaskRecord], sources: list[str | None],
 
 def run(paths: list[Path], seeds: int, guidance: GuidanceConfig, embed: replay.Embed,
         dim: int) -> dict[str, dict[str, dict[str, int]]]:
-    out: dict[str, dict[str, dict[str, int]]] = {}
-    for path in paths:
-        base = load_world(path)
+    def per_seed(world: World) -> Counter[tuple[str, str]]:
+        sources: list[str | None] = []
+        records = replay.guided_arm(world, guidance, (embed, dim), sources)
         counts: Counter[tuple[str, str]] = Counter()
-        for seed in replay.seeds_of(base, seeds):
-            world = dataclasses.replace(base, seed=seed)
-            sources: list[str | None] = []
-            records = replay.guided_arm(world, guidance, (embed, dim), sources)
-            tally(world, records, sources, counts)
+        tally(world, records, sources, counts)
+        return counts
+
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for name, by_seed in replay.each_world_seed(paths, seeds, per_seed):
         rows: dict[str, dict[str, int]] = {}
-        for (row, result), n in sorted(counts.items()):
+        for (row, result), n in sorted(sum(by_seed.values(), Counter()).items()):
             rows.setdefault(row, {"right": 0, "wrong": 0, "unhinted": 0})[result] = n
-        out[base.name] = rows
+        out[name] = rows
     return out
 
 

@@ -295,6 +295,8 @@ class HintEngine:
         if loaded.catalog is None:
             g["hint_skip_reason"] = "no_adapter"
             return None
+        # The one asked, which may have replaced the one in force when the call came
+        # (``advise``) while it waited for its embedding.
         g["adapter_version"] = loaded.version
         task_key = normalize(task)
         with self._labels_lock:
