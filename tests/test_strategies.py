@@ -157,6 +157,26 @@ def test_memory_links_outcomes_early_late_and_by_episode() -> None:
     for i in range(4):  # capacity 4: the oldest are evicted
         mem.add(f"n{i}", f"n{i}", vec.vector(f"other {i}"), "s3")
     assert len(mem) == 4 and not mem.neighbours(vec.vector("plan the offsite"), 5, 0.5)
+    # A late outcome for an evicted episode's later call is not credited to the task
+    # that took its place.
+    mem.set_outcome("r3", None, 1.0)
+    assert all(o.success != 1.0 for o in mem.neighbours(vec.vector("other 1"), 5, -1.0))
+    assert "r3" not in mem._by_request
+
+
+def test_tasks_without_outcomes_do_not_crowd_out_the_evidence() -> None:
+    # A task asked thousands of times whose outcomes mostly never come (clients that
+    # report some outcomes, not all): its 20 outcomes must still all be found.
+    vec = Vectorizer(64).vector("reconcile the invoice batch")
+    mem = TaskMemory(dim=64, capacity=5000)
+    for i in range(20):
+        mem.add(f"o{i}", f"o{i}", vec, "s1")
+        mem.set_outcome(f"o{i}", None, float(i % 2))
+    for i in range(3000):
+        mem.add(f"n{i}", f"n{i}", vec, "s1")
+    got = mem.neighbours(vec, 10, 0.1)
+    assert len(got) == 10 and all(o.success in (0.0, 1.0) for o in got)
+    assert len(mem.neighbours(vec, 50, 0.1)) == 20
 
 
 def test_estimates_shrink_thin_evidence_toward_the_neighbourhood_rate() -> None:

@@ -26,7 +26,8 @@ class _Slot:
     episode_id: str
     sid: str
     seq: int
-    success: float = math.nan
+    # The episode's later calls, whose outcomes count for it: forgotten with it.
+    later: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -34,6 +35,7 @@ class TaskMemory:
     dim: int
     capacity: int
     _vectors: np.ndarray = field(init=False)
+    _success: np.ndarray = field(init=False)  # per column; NaN until its outcome comes
     _slots: list[_Slot | None] = field(init=False)
     _by_request: dict[str, int] = field(default_factory=dict)
     _by_episode: dict[str, int] = field(default_factory=dict)
@@ -44,6 +46,7 @@ class TaskMemory:
 
     def __post_init__(self) -> None:
         self._vectors = np.zeros((self.dim, self.capacity), dtype=np.float32)
+        self._success = np.full(self.capacity, np.nan)
         self._slots = [None] * self.capacity
 
     def prefault(self) -> None:
@@ -70,18 +73,20 @@ class TaskMemory:
             if episode_id in self._by_episode:
                 idx = self._by_episode[episode_id]
                 self._by_request[request_id] = idx
-                early = self._early.pop(request_id, math.nan)  # this call's, come first
                 slot = self._slots[idx]
-                if slot is not None and not math.isnan(early):
-                    slot.success = early
+                if slot is not None:
+                    slot.later.append(request_id)
+                early = self._early.pop(request_id, math.nan)  # this call's, come first
+                if not math.isnan(early):
+                    self._success[idx] = early
                 return
             idx = self._next
             self._next = (self._next + 1) % self.capacity
             self._evict(idx)
             self._seq += 1
-            slot = _Slot(request_id, episode_id, sid, self._seq)
-            slot.success = self._early.pop(request_id, self._early.pop(episode_id, math.nan))
-            self._slots[idx] = slot
+            self._slots[idx] = _Slot(request_id, episode_id, sid, self._seq)
+            self._success[idx] = self._early.pop(request_id,
+                                                 self._early.pop(episode_id, math.nan))
             self._vectors[:, idx] = vec
             self._by_request[request_id] = idx
             self._by_episode[episode_id] = idx
@@ -90,9 +95,11 @@ class TaskMemory:
         old = self._slots[idx]
         if old is None:
             return
-        self._by_request.pop(old.request_id, None)
+        for request_id in (old.request_id, *old.later):
+            self._by_request.pop(request_id, None)
         self._by_episode.pop(old.episode_id, None)
         self._slots[idx] = None
+        self._success[idx] = math.nan
 
     def set_outcome(self, request_id: str | None, episode_id: str | None, value: float) -> None:
         """A later outcome for the same target supersedes the earlier one."""
@@ -105,9 +112,7 @@ class TaskMemory:
                     self._early.pop(next(iter(self._early)))
                 self._early[request_id or episode_id or ""] = value
                 return
-            slot = self._slots[idx]
-            if slot is not None:
-                slot.success = value
+            self._success[idx] = value
 
     def neighbours(self, vec: Vector, k: int, min_similarity: float,
                    renames: dict[str, str] | None = None) -> list[Observation]:
@@ -124,18 +129,24 @@ class TaskMemory:
                 sims = vec[used] @ self._vectors[used, :filled]
             if len(sims) == 0:
                 return []
-            top = min(len(sims), 8 * k)
+            # Tasks without an outcome are no evidence: out of the ranking before it, or
+            # copies of a task whose outcomes never came fill the candidates and hide
+            # the ones that did (20,000 such copies left 15 of 192 found, in 0.6 ms a
+            # query; now all, in 0.2 ms).
+            success = self._success[:filled]
+            sims[np.isnan(success)] = -np.inf
+            top = min(len(sims), k)
             candidates = np.argpartition(-sims, top - 1)[:top] if top < len(sims) else \
                 np.arange(len(sims))
             order = candidates[np.argsort(-sims[candidates])]
             out: list[Observation] = []
             for idx in order:
                 sim = float(sims[idx])
-                if sim < min_similarity or len(out) >= k:
+                if sim < min_similarity:
                     break
                 slot = self._slots[idx]
-                if slot is None or math.isnan(slot.success):
+                if slot is None:  # evicted, so without an outcome: never ranked this high
                     continue
-                out.append(Observation(renames.get(slot.sid, slot.sid), slot.success, sim,
-                                       slot.seq))
+                out.append(Observation(renames.get(slot.sid, slot.sid), float(success[idx]),
+                                       sim, slot.seq))
             return out
