@@ -20,6 +20,7 @@ from proxy.calls import Call
 from proxy.config import Config, load_config
 from proxy.hints.adapters import AdapterWatcher
 from proxy.hints.engine import HintEngine
+from proxy.hints.lag import HOLD_S, LagGate
 from proxy.hints.llm import SmallModel, check_adapter, tensor_shapes
 from proxy.hints.lru import LRU
 from proxy.hints.strategies import StrategyCatalog, approach_sentence
@@ -460,7 +461,9 @@ def wait_version(proxy: ProxyHandle, version: str, timeout: float = 10) -> float
 def test_adapter_changes_the_hint_and_hot_swaps_under_load(
         make_proxy: Callable[..., ProxyHandle], fake: FakeUpstream,
         two_adapters: dict[str, tuple[Path, str]]) -> None:
-    proxy = model_proxy(make_proxy)
+    # Four clients in a loop saturate a small machine, where the small model would
+    # yield to them (tested on its own): this test is about the swap between generations.
+    proxy = model_proxy(make_proxy, yield_lag_ms=0)
     state = proxy.config.state_dir
     (path_a, label_a), (path_b, label_b) = two_adapters["a"], two_adapters["b"]
     cat = catalog({"sA": label_a, "sB": label_b})
@@ -703,3 +706,45 @@ def test_a_label_generated_after_a_swap_is_not_credited_to_the_old_adapter(
     time.sleep(0.1)
     assert set(engine._labels) == {f"v2:{normalize(TASK)}"}
     model.close()
+
+
+def test_while_serving_runs_late_the_small_model_waits_and_calls_go_unguided(
+        tmp_path: Path, two_adapters: dict[str, tuple[Path, str]]) -> None:
+    """Real llama.cpp behind a closed gate: a call that would ask it is answered at once,
+    unguided ("proxy_busy"), and asks nothing; a generation already queued waits; once
+    the loop keeps time again (after the hold) it runs and calls are guided again."""
+    path_a, label_a = two_adapters["a"]
+    cfg = load_config({"store": {"path": str(tmp_path / "s.duckdb")},
+                       "guidance": {"mode": "model", "budget_ms": 60_000}})
+    engine = HintEngine(cfg, None, None)  # type: ignore[arg-type]
+    clock = [0.0]
+    engine.gate = gate = LagGate(cfg.guidance.yield_lag_ms, lambda: clock[0])
+    engine.model = model = SmallModel(default_gguf(), threads=1, max_tokens=12, gate=gate)
+    model.load(path_a, "v1", catalog({"sA": label_a}))
+    for _ in range(10):
+        gate.observe(0.5)  # half a second late, tick after tick: overloaded
+    queued = model.submit(TASK)
+
+    async def ask() -> tuple[Any, dict[str, Any], float]:
+        call = Call(request_id="r", episode_id="e", endpoint="/v1/chat/completions",
+                    method="POST")
+        start = time.perf_counter()
+        strategy = await engine._from_model(call, TASK, start)
+        return strategy, call.guidance, time.perf_counter() - start
+
+    try:
+        strategy, guidance, took = asyncio.run(ask())
+        assert strategy is None and guidance["hint_skip_reason"] == "proxy_busy"
+        assert took < 0.05 and model.pending == 1  # only the one queued before
+        time.sleep(0.3)
+        assert not queued.done()
+        clock[0] = HOLD_S
+        for _ in range(10):
+            gate.observe(0.0)  # on time again
+        assert queued.result(timeout=30)[0] == label_a
+        strategy, guidance, _ = asyncio.run(ask())
+        assert strategy is not None and guidance["hint_source"] == "model"
+        assert engine.stats()["yield"]["closes"] == 1
+    finally:
+        gate.stop()  # a failure must not leave the worker waiting
+        model.close()

@@ -25,11 +25,13 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from proxy.hints.lag import LagGate
 from proxy.hints.lru import LRU
 from proxy.hints.text import Vector, normalize
 
@@ -52,8 +54,9 @@ Job = tuple[int, int, Callable[[], object] | None, "Future[Any] | None"]
 
 class Embedder:
     def __init__(self, model_path: Path, *, threads: int, batch_threads: int,
-                 cache_size: int) -> None:
+                 cache_size: int, gate: LagGate | None = None) -> None:
         self.model_path = model_path
+        self._gate = gate
         self._budget = 0  # tokens of a task that fit beside the prompt, once loaded
         self.threads = threads
         self.batch_threads = batch_threads
@@ -70,11 +73,11 @@ class Embedder:
 
     @classmethod
     def for_guidance(cls, model_path: Path, guidance: GuidanceConfig, *,
-                     cache_size: int) -> Embedder:
+                     cache_size: int, gate: LagGate | None = None) -> Embedder:
         """The embedder ``guidance`` asks for (its threads), on ``model_path``: the
-        weights ``small_model_weights`` chose."""
+        weights ``small_model_weights`` chose; it yields to serving through ``gate``."""
         return cls(model_path, threads=guidance.threads, batch_threads=guidance.batch_threads,
-                   cache_size=cache_size)
+                   cache_size=cache_size, gate=gate)
 
     def load(self) -> int:
         """Build the context on the worker thread (blocking); the embeddings' size."""
@@ -126,7 +129,8 @@ class Embedder:
     def _embed(self, text: str) -> Vector:
         vec = self.cached(text)  # queued twice before the first finished
         if vec is None:
-            vec = np.asarray(self._model().embed(self._prompt(text)), dtype=np.float32)
+            with self._gate.turn() if self._gate is not None else nullcontext():
+                vec = np.asarray(self._model().embed(self._prompt(text)), dtype=np.float32)
             if not np.isfinite(vec).all():
                 raise ValueError("the model gave a non-finite embedding")
             with self._lock:

@@ -27,6 +27,7 @@ from proxy.calls import Call
 from proxy.config import Config
 from proxy.hints.adapters import AdapterWatcher
 from proxy.hints.embedder import BACKGROUND, RELOAD, URGENT, Embedder
+from proxy.hints.lag import LagGate
 from proxy.hints.llm import SmallModel
 from proxy.hints.lru import LRU
 from proxy.hints.recommend import Recommendation, Recommender
@@ -55,6 +56,9 @@ class HintEngine:
         self.model: SmallModel | None = None
         self.embedder: Embedder | None = None
         self.watcher: AdapterWatcher | None = None
+        # The small model's contexts take turns, and wait while serving runs late.
+        self.gate = LagGate(self.cfg.yield_lag_ms)
+        self._gate_task: asyncio.Task[None] | None = None
         # Labels are cached by the worker thread's callback and read on the event loop.
         self._labels: LRU[str, tuple[str, str]] = LRU(config.guidance.cache_size)
         self._labels_lock = threading.Lock()
@@ -70,6 +74,8 @@ class HintEngine:
             # Labels and embeddings come from one file, mapped once, the one the learner
             # checks its adapters on; its float16 copy is written once (~1 s).
             weights = await asyncio.to_thread(small_model_weights, self.config)
+        if weights is not None and self.cfg.yield_lag_ms > 0:
+            self._gate_task = asyncio.create_task(self.gate.watch(), name="lag-gate")
         if weights is not None and self.cfg.mode == "both" and self.cfg.meaning:
             await self._start_embedder(weights)
         await asyncio.to_thread(self._load_history)
@@ -77,13 +83,14 @@ class HintEngine:
             return
         self.model = SmallModel(weights, threads=self.cfg.threads,
                                 batch_threads=self.cfg.batch_threads,
-                                max_tokens=self.cfg.max_hint_tokens)
+                                max_tokens=self.cfg.max_hint_tokens, gate=self.gate)
         self.watcher = AdapterWatcher(self.config.state_dir, self.model,
                                       poll_s=self.cfg.adapter_poll_ms / 1000)
         self.watcher.start()
 
     async def _start_embedder(self, path: Path) -> None:
-        embedder = Embedder.for_guidance(path, self.cfg, cache_size=self.cfg.cache_size)
+        embedder = Embedder.for_guidance(path, self.cfg, cache_size=self.cfg.cache_size,
+                                         gate=self.gate)
         try:
             dim = await asyncio.to_thread(embedder.load)
         except Exception:  # a missing or broken llama_cpp or model file, ...
@@ -97,6 +104,9 @@ class HintEngine:
     async def close(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
+        self.gate.stop()  # workers waiting on it finish, so they can be shut down
+        if self._gate_task is not None:
+            self._gate_task.cancel()
         if self.embedder is not None:
             await asyncio.to_thread(self.embedder.close)
         if self.model is not None:
@@ -271,6 +281,9 @@ class HintEngine:
         if embedder.pending(URGENT) >= MAX_MODEL_BACKLOG:
             self.counters["meaning:busy"] += 1
             return None
+        if not self.gate.is_open:
+            self.counters["meaning:proxy_busy"] += 1
+            return None
         remaining = self.cfg.budget_ms / 1000 - (time.perf_counter() - start)
         future = embedder.submit(task, URGENT)
         try:
@@ -306,6 +319,9 @@ class HintEngine:
             return self._resolve(call, cached[0], loaded.catalog)
         if model.pending >= MAX_MODEL_BACKLOG:
             g["hint_skip_reason"] = "model_busy"
+            return None
+        if not self.gate.is_open:
+            g["hint_skip_reason"] = "proxy_busy"
             return None
         future = model.submit(task)
         future.add_done_callback(lambda f: self._cache_label(task_key, f))
@@ -353,6 +369,7 @@ class HintEngine:
             "strategies": len(self.recommender.catalog),
             "hints": dict(self.counters),
             "watcher": self.watcher.status() if self.watcher else None,
+            "yield": self.gate.status(),
         }
 
 

@@ -14,10 +14,12 @@ import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from proxy.hints.lag import LagGate
 from proxy.hints.prompt import STOP, normalize_label, render
 from proxy.hints.strategies import StrategyCatalog
 
@@ -87,8 +89,9 @@ def _read_gguf(path: Path) -> Any:
 
 class SmallModel:
     def __init__(self, model_path: Path, *, threads: int, max_tokens: int,
-                 batch_threads: int | None = None) -> None:
+                 batch_threads: int | None = None, gate: LagGate | None = None) -> None:
         self.model_path = model_path
+        self._gate = gate  # generations wait while it is closed (serving comes first)
         self.threads = threads
         # The prompt is evaluated in one batch, which parallelises well and is most of
         # a hint's cost; generating the few label tokens does not.
@@ -147,21 +150,25 @@ class SmallModel:
             loaded = self._loaded
             if loaded is None:
                 raise RuntimeError("small model is not loaded")
-            stream = loaded.llama.create_completion(
-                render(task), max_tokens=self.max_tokens, temperature=0.0, top_k=1,
-                stop=STOP, stream=True,
-            )
-            text = ""
-            for chunk in stream:
-                text += chunk["choices"][0]["text"]
-                label = loaded.catalog.completion_of(text) if loaded.catalog else None
-                if label is not None:
-                    stream.close()
-                    return label, loaded.version
-            return normalize_label(text), loaded.version
+            with self._gate.turn() if self._gate is not None else nullcontext():
+                return self._label(loaded, task)
         finally:
             with self._lock:
                 self._pending -= 1
+
+    def _label(self, loaded: Loaded, task: str) -> tuple[str, str]:
+        stream = loaded.llama.create_completion(
+            render(task), max_tokens=self.max_tokens, temperature=0.0, top_k=1,
+            stop=STOP, stream=True,
+        )
+        text = ""
+        for chunk in stream:
+            text += chunk["choices"][0]["text"]
+            label = loaded.catalog.completion_of(text) if loaded.catalog else None
+            if label is not None:
+                stream.close()
+                return label, loaded.version
+        return normalize_label(text), loaded.version
 
     def close(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)
