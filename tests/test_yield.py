@@ -17,6 +17,12 @@ class Clock:
         return self.now
 
 
+def overload(gate: LagGate) -> None:
+    """Ten ticks in a row 50 ms late: the loop is behind, tick after tick."""
+    for _ in range(10):
+        gate.observe(0.05)
+
+
 def test_sustained_lateness_closes_the_gate_and_one_stall_does_not() -> None:
     clock = Clock()
     gate = LagGate(20.0, clock)
@@ -31,8 +37,7 @@ def test_sustained_lateness_closes_the_gate_and_one_stall_does_not() -> None:
 def test_the_gate_holds_then_reopens_once_the_loop_keeps_time() -> None:
     clock = Clock()
     gate = LagGate(20.0, clock)
-    for _ in range(10):
-        gate.observe(0.05)
+    overload(gate)
     assert not gate.is_open
     for _ in range(30):  # on time again, but within the hold
         clock.now += TICK_S
@@ -47,8 +52,7 @@ def test_the_gate_holds_then_reopens_once_the_loop_keeps_time() -> None:
 def test_a_worker_waits_while_closed_and_runs_once_open() -> None:
     clock = Clock()
     gate = LagGate(20.0, clock)
-    for _ in range(10):
-        gate.observe(0.05)
+    overload(gate)
     ran = threading.Event()
 
     def work() -> None:
@@ -70,8 +74,7 @@ def test_a_worker_waits_while_closed_and_runs_once_open() -> None:
 
 def test_stopping_releases_waiting_workers_for_shutdown() -> None:
     gate = LagGate(20.0, Clock())
-    for _ in range(10):
-        gate.observe(0.05)
+    overload(gate)
     released = threading.Event()
 
     def work() -> None:
