@@ -719,7 +719,10 @@ def test_while_serving_runs_late_the_small_model_waits_and_calls_go_unguided(
     engine = HintEngine(cfg, None, None)  # type: ignore[arg-type]
     clock = [0.0]
     engine.gate = gate = LagGate(cfg.guidance.yield_lag_ms, lambda: clock[0])
-    engine.model = model = SmallModel(default_gguf(), threads=1, max_tokens=12, gate=gate)
+    # The weights the fixture's labels were generated on (see ``two_adapters``).
+    model = SmallModel(small_model_weights(load_config({})), threads=1, max_tokens=12,
+                       gate=gate)
+    engine.model = model
     model.load(path_a, "v1", catalog({"sA": label_a}))
     for _ in range(10):
         gate.observe(0.5)  # half a second late, tick after tick: overloaded
