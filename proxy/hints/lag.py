@@ -3,8 +3,8 @@
 The small model's two contexts (labels, embeddings) each run ``batch_threads`` threads.
 On a small machine, under more traffic than they can keep up with, they ran all the
 time, together, and took the cores the event loop needs to serve: on 2 cores at 500
-novel tasks/s the guided proxy answered in 2.5 s at p95 where it alone keeps up
-(docs/benchmarks.md, "The small model yields to serving"). Two rules fix that:
+novel tasks/s the guided proxy answered in 2.5 s at p95, where without the embeddings it
+kept up (docs/benchmarks.md, "The small model yields to serving"). Two rules fix that:
 
 - The contexts take turns (``turn``): one job at a time across both, so their threads
   never ask for twice the cores; a label waits for an embedding under way (~60-80 ms).
@@ -15,8 +15,9 @@ novel tasks/s the guided proxy answered in 2.5 s at p95 where it alone keeps up
   the threshold, so one stall (a collection, a slow disk) does not close the gate: it
   takes lateness sustained over several ticks. It reopens once the lag has fallen under
   half the threshold, and not sooner than ``HOLD_S`` after it closed, so that it does
-  not flap at the rate of a job. A job under way finishes first. On a machine with
-  cores to spare the loop keeps time and the gate never closes.
+  not flap at the rate of a job. A job under way finishes first. Where the cores
+  suffice the loop keeps time and the gate stays open (it never closed through a
+  learning benchmark run here).
 """
 
 from __future__ import annotations
