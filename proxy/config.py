@@ -112,7 +112,7 @@ class GuidanceConfig:
     batch_threads: PositiveInt = 2
     max_hint_tokens: PositiveInt = 12
     adapter_poll_ms: PositiveInt = 250
-    yield_lag_ms: NonNegativeFloat = 20.0  # 0: the small model never yields to serving
+    yield_lag_ms: NonNegativeFloat = 20.0  # 0: no lag limit (the contexts still take turns)
     seed: int = 0
 
 
