@@ -23,6 +23,19 @@ def overload(gate: LagGate) -> None:
         gate.observe(0.05)
 
 
+def waiting_worker(gate: LagGate) -> tuple[threading.Thread, threading.Event]:
+    """A started worker thread whose job sets the event once the gate gives it a turn."""
+    ran = threading.Event()
+
+    def work() -> None:
+        with gate.turn():
+            ran.set()
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    return worker, ran
+
+
 def test_sustained_lateness_closes_the_gate_and_one_stall_does_not() -> None:
     clock = Clock()
     gate = LagGate(20.0, clock)
@@ -53,14 +66,7 @@ def test_a_worker_waits_while_closed_and_runs_once_open() -> None:
     clock = Clock()
     gate = LagGate(20.0, clock)
     overload(gate)
-    ran = threading.Event()
-
-    def work() -> None:
-        with gate.turn():
-            ran.set()
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
+    worker, ran = waiting_worker(gate)
     try:
         assert not ran.wait(0.2)
         clock.now = HOLD_S
@@ -75,14 +81,7 @@ def test_a_worker_waits_while_closed_and_runs_once_open() -> None:
 def test_stopping_releases_waiting_workers_for_shutdown() -> None:
     gate = LagGate(20.0, Clock())
     overload(gate)
-    released = threading.Event()
-
-    def work() -> None:
-        with gate.turn():
-            released.set()
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
+    worker, released = waiting_worker(gate)
     gate.stop()
     assert released.wait(5)
     gate.observe(1.0)  # samples after the stop change nothing

@@ -25,7 +25,6 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +55,7 @@ class Embedder:
     def __init__(self, model_path: Path, *, threads: int, batch_threads: int,
                  cache_size: int, gate: LagGate | None = None) -> None:
         self.model_path = model_path
-        self._gate = gate
+        self._gate = gate or LagGate(0)  # alone: a gate that never closes
         self._budget = 0  # tokens of a task that fit beside the prompt, once loaded
         self.threads = threads
         self.batch_threads = batch_threads
@@ -129,7 +128,7 @@ class Embedder:
     def _embed(self, text: str) -> Vector:
         vec = self.cached(text)  # queued twice before the first finished
         if vec is None:
-            with self._gate.turn() if self._gate is not None else nullcontext():
+            with self._gate.turn():
                 vec = np.asarray(self._model().embed(self._prompt(text)), dtype=np.float32)
             if not np.isfinite(vec).all():
                 raise ValueError("the model gave a non-finite embedding")

@@ -14,7 +14,6 @@ import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,8 @@ class SmallModel:
     def __init__(self, model_path: Path, *, threads: int, max_tokens: int,
                  batch_threads: int | None = None, gate: LagGate | None = None) -> None:
         self.model_path = model_path
-        self._gate = gate  # generations wait while it is closed (serving comes first)
+        # Generations wait while it is closed (serving comes first); alone, it never is.
+        self._gate = gate or LagGate(0)
         self.threads = threads
         # The prompt is evaluated in one batch, which parallelises well and is most of
         # a hint's cost; generating the few label tokens does not.
@@ -150,7 +150,7 @@ class SmallModel:
             loaded = self._loaded
             if loaded is None:
                 raise RuntimeError("small model is not loaded")
-            with self._gate.turn() if self._gate is not None else nullcontext():
+            with self._gate.turn():
                 return self._label(loaded, task)
         finally:
             with self._lock:
